@@ -1,0 +1,45 @@
+# The two commands of the README: `make test` and `make demo`. Both build .venv when missing.
+#
+# torch goes in first: on CPU-only machines `torch==2.13.0` is a local CPU wheel, and letting
+# pip resolve torch through another package would pull a multi-GB CUDA build. On a GPU machine:
+#   make test TORCH=torch            (or a pinned CUDA build, plus PIP_ARGS for its index)
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PIP_ARGS ?=
+DEMO ?= runs/demo
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint format clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" $(PIP_ARGS)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(PIP_ARGS)
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The main job on the embedded default (configs/tiny_cpu.yaml), offline, on a CPU.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.tiny $(DEMO)/tiny-sd
+	mkdir -p $(DEMO)
+	$(BIN)/python train.py --config configs/tiny_cpu.yaml --print-config > $(DEMO)/config.yaml
+	$(BIN)/python infer.py cameras --out $(DEMO)/cameras --views 8 --image-size 128
+	@echo "demo: tiny pipeline in $(DEMO)/tiny-sd, resolved config $(DEMO)/config.yaml, cameras in $(DEMO)/cameras/"
+
+clean-demo:
+	rm -rf $(DEMO)
