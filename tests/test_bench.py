@@ -1,0 +1,20 @@
+"""The benchmarks run (their figures are printed, not tested)."""
+
+import runpy
+import sys
+
+import pytest
+
+
+def test_model_step_benchmark_prints_a_line_per_configuration(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["model_step.py", "--sizes", "tiny", "--steps", "1"])
+    runpy.run_path("bench/model_step.py", run_name="__main__")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("images/s" in line for line in lines)
+
+
+def test_full_size_benchmark_needs_cuda(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["model_step.py", "--full"])
+    with pytest.raises(SystemExit):
+        runpy.run_path("bench/model_step.py", run_name="__main__")
