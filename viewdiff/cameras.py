@@ -249,10 +249,11 @@ def pixel_rays(
         torch.arange(width, dtype=dtype, device=device),
         indexing="ij",
     )
-    pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # (H, W, 3)
-    camera_dirs = pixels @ torch.linalg.inv(K)[..., None, :, :].transpose(-1, -2)  # (..., H, W, 3)
-    # Row vectors: d_world = R^T d_camera  <=>  d_world^T = d_camera^T R, with R = w2c[:3, :3].
-    directions = camera_dirs @ w2c[..., None, :3, :3]
+    pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)  # (H*W, 3)
+    # Row vectors: d_world = R^T K^-1 p  <=>  d_world^T = p^T (K^-T R), with R = w2c[:3, :3];
+    # one (H*W, 3) @ (3, 3) product per camera.
+    pixel_to_world = torch.linalg.inv(K).transpose(-1, -2) @ w2c[..., :3, :3]
+    directions = (pixels @ pixel_to_world).unflatten(-2, (height, width))  # (..., H, W, 3)
     if normalize:
         directions = torch.nn.functional.normalize(directions, dim=-1)
     origins = camera_centers(w2c)[..., None, None, :].expand_as(directions)
