@@ -1,0 +1,678 @@
+"""Procedural objects, ray-cast along hand-held orbits and written in the exact CO3Dv2 layout.
+
+Tests and demos need posed multi-view captures offline, with cameras known exactly. Each sequence
+is one object (boxes, cans, balls, stacked composites) built from analytic primitives in an object
+frame (+z up, bounding box centred at the origin, half-size ~0.3-0.9), placed on a checkered
+ground disc in front of a direction-dependent backdrop, and put into its own random world frame
+(rotation, translation and scale, like CO3D's arbitrary SfM worlds). Textures make every side
+tell apart: per-face colours with face-dependent stripes and an off-centre marker on boxes,
+colour varying with azimuth plus markers on cans and balls.
+
+Conventions of the written files (those of CO3Dv2, see viewdiff/data/co3d.py):
+- masks are the object only (ground and backdrop are background), P(fg) * 255 in 8-bit PNG;
+- depth is CO3D's: z-depth in world units of whatever is hit first (object or ground), since
+  CO3D's depth maps come from multi-view stereo of the whole scene; 0 (and depth_masks 0) where
+  only backdrop is seen; stored as float16 bits of ``depth / scale_adjustment``;
+- pointcloud.ply holds points on the object's outer surface, in the sequence's world frame;
+- ``synthetic_objects.json`` (ours, not CO3D's) gives every object's key points in world:
+  ``centre_world`` (inside the object), ``surface_keypoints_world`` (on its surface: first hits of
+  14 rays shot at the centre) and ``box_corners_world`` (tight box; on the surface only for the
+  ``box`` category, ``box_corners_on_surface``). A point on or inside the object projects into
+  the mask in every frame (the mask is the silhouette; the whole object is always in view), to
+  within a pixel at the silhouette's edge, as masks are sampled at pixel centres;
+- ``<sequence>/cameras.json`` (ours) holds the exact OpenCV cameras the frames were rendered with,
+  and ``sequence_object(category, index, seed)`` rebuilds a sequence's object, so that tests can
+  compare what a reader makes of the CO3D annotations with the truth.
+
+Every sequence draws from its own generators, seeded by (seed, category, sequence index).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import re
+import shutil
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from viewdiff.cameras import (
+    look_at,
+    normalize_w2c,
+    opencv_to_co3d,
+    pixel_rays,
+    spherical_to_cartesian,
+)
+from viewdiff.cameras_json import write_cameras
+from viewdiff.data.co3d import write_depth, write_depth_mask, write_jgz, write_mask
+from viewdiff.ply import write_ply
+
+CATEGORIES = ("box", "can", "ball", "composite")
+OBJECTS_FILE = "synthetic_objects.json"
+FPS = 30.0  # frame_timestamp = frame_number / FPS, as frames of a video
+_LIGHT = np.array([0.4, -0.5, 0.77]) / np.linalg.norm([0.4, -0.5, 0.77])  # object frame
+
+
+@dataclass(frozen=True, eq=False)
+class Primitive:
+    """A box, z-axis cylinder or sphere in the object frame, with its palette (6, 3) in [0, 1]."""
+
+    kind: str  # "box" | "cylinder" | "sphere"
+    centre: np.ndarray  # (3,)
+    size: np.ndarray  # (3,): box half extents; cylinder (r, r, half height); sphere (r, r, r)
+    palette: np.ndarray  # (6, 3): box faces +x -x +y -y +z -z; curved: start, end, caps, markers
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticObject:
+    """An object, its caption, its placement in the world and its background."""
+
+    category: str
+    primitives: tuple[Primitive, ...]
+    caption: str
+    object_to_world: np.ndarray  # (4, 4) similarity: scale * rotation, translation
+    background: np.ndarray  # (4, 3): ground checker colours a, b; backdrop low, high
+    checker: float  # ground checker size, object units
+
+    @property
+    def scale(self) -> float:
+        """World units per object unit."""
+        return float(np.cbrt(np.linalg.det(self.object_to_world[:3, :3])))
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The tight axis-aligned box (low, high) of the object, object frame."""
+        low = np.min([p.centre - p.size for p in self.primitives], axis=0)
+        return low, np.max([p.centre + p.size for p in self.primitives], axis=0)
+
+
+# Objects -------------------------------------------------------------------------------------
+
+
+def _palette(rng: np.random.Generator) -> np.ndarray:
+    """Six saturated colours of well separated hues, in random order: (6, 3)."""
+    hues = (rng.uniform() + np.arange(6) / 6.0 + rng.uniform(-0.03, 0.03, 6)) % 1.0
+    rng.shuffle(hues)
+    sat, val = rng.uniform(0.55, 0.9, 6), rng.uniform(0.6, 0.95, 6)
+    return np.array([colorsys.hsv_to_rgb(h, s, v) for h, s, v in zip(hues, sat, val, strict=True)])
+
+
+def _colour_name(rgb: np.ndarray) -> str:
+    """A plain English name of an RGB colour in [0, 1], for captions."""
+    hue, sat, _ = colorsys.rgb_to_hsv(*rgb)
+    if sat < 0.25:
+        return "grey"
+    bins = [(0.04, "red"), (0.11, "orange"), (0.18, "yellow"), (0.45, "green"), (0.53, "cyan")]
+    bins += [(0.70, "blue"), (0.80, "purple"), (0.93, "pink"), (1.01, "red")]
+    return next(name for edge, name in bins if hue < edge)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation (3, 3) (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def _shapes(category: str, rng: np.random.Generator) -> tuple[list[Primitive], str]:
+    """The primitives (bottom at z=0) and the caption of one object of a category."""
+    p1, p2 = _palette(rng), _palette(rng)
+    names = [_colour_name(c) for c in p1] + [_colour_name(c) for c in p2]
+
+    def prim(kind: str, z: float, size: tuple, palette: np.ndarray) -> Primitive:
+        return Primitive(kind, np.array([0.0, 0.0, z]), np.array(size, dtype=float), palette)
+
+    if category == "box":
+        h = rng.uniform(0.3, 0.7, 3)
+        return [prim("box", h[2], h, p1)], f"a {names[0]} and {names[1]} striped box"
+    if category == "can":
+        r, h = rng.uniform(0.3, 0.5), rng.uniform(0.4, 0.75)
+        caption = f"a {names[0]} to {names[1]} can with a {names[4]} stripe"
+        return [prim("cylinder", h, (r, r, h), p1)], caption
+    if category == "ball":
+        r = rng.uniform(0.5, 0.8)
+        return [prim("sphere", r, (r, r, r), p1)], f"a {names[0]} ball with {names[4]} spots"
+    if category != "composite":
+        raise ValueError(f"unknown synthetic category {category!r}; expected one of {CATEGORIES}")
+    if rng.uniform() < 0.5:  # a box with a ball on top, both centred on the z axis
+        h = rng.uniform(0.3, 0.55, 3)
+        r = rng.uniform(0.2, min(h[0], h[1]))
+        shapes = [prim("box", h[2], h, p1), prim("sphere", 2 * h[2] + r, (r, r, r), p2)]
+        return shapes, f"a striped {names[0]} box with a {names[6]} ball on top"
+    slab = (rng.uniform(0.5, 0.8), rng.uniform(0.5, 0.8), rng.uniform(0.06, 0.14))
+    r, h = rng.uniform(0.2, 0.4), rng.uniform(0.3, 0.55)
+    shapes = [prim("box", slab[2], slab, p1), prim("cylinder", 2 * slab[2] + h, (r, r, h), p2)]
+    return shapes, f"a {names[6]} can on a {names[0]} slab"
+
+
+def make_object(category: str, rng: np.random.Generator) -> SyntheticObject:
+    """A random object of a category, centred in its frame and placed in a random world frame."""
+    shapes, caption = _shapes(category, rng)
+    caption = re.sub(r"\ba (?=[aeiou])", "an ", caption)  # "an orange can"
+    low = np.min([p.centre - p.size for p in shapes], axis=0)
+    high = np.max([p.centre + p.size for p in shapes], axis=0)
+    shift = (low + high) / 2.0  # bounding box centre to the origin
+    shapes = [Primitive(p.kind, p.centre - shift, p.size, p.palette) for p in shapes]
+    object_to_world = np.eye(4)
+    scale = np.exp(rng.uniform(np.log(0.5), np.log(3.0)))
+    object_to_world[:3, :3] = scale * _random_rotation(rng)
+    object_to_world[:3, 3] = rng.normal(0.0, 2.0, 3)
+    background = np.concatenate([rng.uniform(0.25, 0.75, (2, 3)), rng.uniform(0.1, 0.9, (2, 3))])
+    checker = rng.uniform(0.15, 0.35)
+    return SyntheticObject(category, tuple(shapes), caption, object_to_world, background, checker)
+
+
+# Ray casting (object frame; directions need not be unit, so t is the caller's ray parameter) ---
+
+
+def _hit_box(prim: Primitive, o: np.ndarray, d: np.ndarray) -> tuple:
+    """Slab test: entry t (N,) (inf on a miss), normals (N, 3), faces (N,) 0..5 = +x -x ... -z."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (prim.centre - prim.size - o) / d, (prim.centre + prim.size - o) / d
+    t_min = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf)
+    t_max = np.nan_to_num(np.maximum(t1, t2), nan=np.inf)
+    axis = np.argmax(t_min, axis=1)
+    rows = np.arange(len(o))
+    t_near = t_min[rows, axis]
+    t = np.where((t_near <= t_max.min(axis=1)) & (t_near > 0), t_near, np.inf)
+    sign = np.where(d[rows, axis] > 0, -1.0, 1.0)  # entered through the face looking at the ray
+    normals = np.zeros_like(o)
+    normals[rows, axis] = sign
+    return t, normals, 2 * axis + (sign < 0)
+
+
+def _hit_cylinder(prim: Primitive, o: np.ndarray, d: np.ndarray) -> tuple:
+    """Entry into a z-axis cylinder: t (N,), normals (N, 3), faces 0 side, 1 top, 2 bottom."""
+    q, (r, _, h) = o - prim.centre, prim.size
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = 2.0 * (q[:, 0] * d[:, 0] + q[:, 1] * d[:, 1])
+    disc = b**2 - 4.0 * a * (q[:, 0] ** 2 + q[:, 1] ** 2 - r**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        side = (-b - np.sqrt(disc)) / (2.0 * a)
+        side = np.where(
+            (disc >= 0) & (a > 0) & (np.abs(q[:, 2] + side * d[:, 2]) <= h), side, np.inf
+        )
+        caps = [(z - q[:, 2]) / d[:, 2] for z in (h, -h)]
+        candidates = [side]
+        for t in caps:
+            x, y = q[:, 0] + t * d[:, 0], q[:, 1] + t * d[:, 1]
+            candidates.append(np.where(x**2 + y**2 <= r**2, t, np.inf))
+    candidates = np.stack([np.where(c > 0, c, np.inf) for c in candidates], axis=1)  # (N, 3)
+    face = np.argmin(candidates, axis=1)
+    t = candidates[np.arange(len(o)), face]
+    p = q + np.where(np.isfinite(t), t, 0.0)[:, None] * d
+    normals = np.stack([p[:, 0] / r, p[:, 1] / r, np.zeros(len(o))], axis=1)
+    normals[face == 1], normals[face == 2] = (0.0, 0.0, 1.0), (0.0, 0.0, -1.0)
+    return t, normals, face
+
+
+def _hit_sphere(prim: Primitive, o: np.ndarray, d: np.ndarray) -> tuple:
+    """Entry into a sphere: t (N,), normals (N, 3), faces (all 0)."""
+    q, r = o - prim.centre, prim.size[0]
+    a, b = (d * d).sum(1), 2.0 * (q * d).sum(1)
+    disc = b**2 - 4.0 * a * ((q * q).sum(1) - r**2)
+    with np.errstate(invalid="ignore"):
+        t = (-b - np.sqrt(disc)) / (2.0 * a)
+    t = np.where((disc >= 0) & (t > 0), t, np.inf)
+    normals = (q + np.where(np.isfinite(t), t, 0.0)[:, None] * d) / r
+    return t, normals, np.zeros(len(o), dtype=int)
+
+
+_HIT = {"box": _hit_box, "cylinder": _hit_cylinder, "sphere": _hit_sphere}
+
+
+def _trace(obj: SyntheticObject, o: np.ndarray, d: np.ndarray) -> tuple:
+    """Nearest object hit of rays (N, 3): t (N,), primitive (N,) (-1: miss), normals, faces."""
+    t = np.full(len(o), np.inf)
+    index, normals, faces = np.full(len(o), -1), np.zeros_like(o), np.zeros(len(o), dtype=int)
+    for i, prim in enumerate(obj.primitives):
+        t_i, n_i, f_i = _HIT[prim.kind](prim, o, d)
+        closer = t_i < t
+        t[closer], index[closer], normals[closer], faces[closer] = (
+            t_i[closer],
+            i,
+            n_i[closer],
+            f_i[closer],
+        )
+    return t, index, normals, faces
+
+
+def _inside(prim: Primitive, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Whether points (N, 3) lie inside a primitive shrunk by ``margin``."""
+    q, size = points - prim.centre, prim.size - margin
+    if prim.kind == "box":
+        return np.all(np.abs(q) <= size, axis=1)
+    if prim.kind == "cylinder":
+        return (q[:, 0] ** 2 + q[:, 1] ** 2 <= size[0] ** 2) & (np.abs(q[:, 2]) <= size[2])
+    return (q * q).sum(1) <= size[0] ** 2
+
+
+def _texture(prim: Primitive, points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Albedo (N, 3) of surface points (object frame): no two sides look alike."""
+    p, pal = (points - prim.centre) / prim.size, prim.palette  # p in [-1, 1]^3
+    if prim.kind == "box":
+        axis = faces // 2
+        uv = np.take_along_axis(p, np.array([[1, 2], [0, 2], [0, 1]])[axis], axis=1)
+        colour = pal[faces].copy()
+        stripe = np.floor((uv[:, 0] + 1.0) * (faces + 2)) % 2 == 1  # frequency differs per face
+        colour[stripe] *= 0.65
+        marker = ((uv - 0.45) ** 2).sum(1) < 0.3**2  # off-centre: breaks the face's own symmetry
+        colour[marker] = 1.0 - pal[faces[marker]]
+        return colour
+    azimuth = np.arctan2(p[:, 1], p[:, 0])
+    w = ((azimuth + np.pi) / (2 * np.pi))[:, None]
+    colour = (1.0 - w) * pal[0] + w * pal[1]  # colour runs around the object, a seam at -x
+    if prim.kind == "cylinder":
+        colour[np.floor((p[:, 2] + 1.0) * 2.0) % 2 == 1] *= 0.75
+        colour[np.abs(azimuth) < 0.3] = pal[4]  # vertical marker stripe at +x
+        colour[faces == 1] = pal[2]
+        colour[faces == 2] = pal[3]
+        colour[(faces == 1) & (((p[:, :2] - [0.45, 0.0]) ** 2).sum(1) < 0.3**2)] = pal[5]
+        return colour
+    unit = p / np.linalg.norm(p, axis=1, keepdims=True)
+    colour[np.floor((unit[:, 2] + 1.0) * 3.0) % 2 == 1] *= 0.75
+    colour[unit @ np.array([1.0, 0.0, 0.0]) > 0.9] = pal[4]
+    colour[unit @ np.array([0.0, -0.6, 0.8]) > 0.93] = pal[5]
+    return colour
+
+
+def render_object(
+    obj: SyntheticObject, K: np.ndarray, w2c: np.ndarray, image_size_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact pinhole render: image (H, W, 3) uint8, object mask (H, W) bool, z-depth (H, W) f32.
+
+    ``K`` (3, 3) in OpenCV pixels, ``w2c`` (4, 4) world-to-camera of the object's world. Depth is
+    of the object or ground, 0 where only the backdrop is seen.
+    """
+    height, width = image_size_hw
+    origins, directions = pixel_rays(
+        torch.as_tensor(K, dtype=torch.float64), torch.as_tensor(w2c, dtype=torch.float64),
+        height, width, normalize=False,
+    )  # fmt: skip
+    # Unit camera depth along each ray: the ray parameter t is the z-depth, in any frame.
+    world_to_object = np.linalg.inv(obj.object_to_world)
+    o = origins.reshape(-1, 3).numpy() @ world_to_object[:3, :3].T + world_to_object[:3, 3]
+    d = directions.reshape(-1, 3).numpy() @ world_to_object[:3, :3].T
+    t, index, normals, faces = _trace(obj, o, d)
+    mask = index >= 0
+    colour = np.zeros_like(o)
+    for i, prim in enumerate(obj.primitives):
+        hit = index == i
+        albedo = _texture(prim, o[hit] + t[hit, None] * d[hit], faces[hit])
+        colour[hit] = albedo * (0.6 + 0.4 * np.clip(normals[hit] @ _LIGHT, 0.0, None))[:, None]
+    # The ground: a checkered disc under the object; beyond it, a backdrop at infinity.
+    low, high = obj.bounds()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_ground = (low[2] - o[:, 2]) / d[:, 2]
+    g = o + np.nan_to_num(t_ground, posinf=0.0, neginf=0.0)[:, None] * d
+    ground = ~mask & (t_ground > 0) & (np.hypot(g[:, 0], g[:, 1]) <= 4.0 * np.linalg.norm(high))
+    cell = (np.floor(g[ground, 0] / obj.checker) + np.floor(g[ground, 1] / obj.checker)) % 2
+    colour[ground] = obj.background[cell.astype(int)]
+    backdrop = ~mask & ~ground
+    unit = d[backdrop] / np.linalg.norm(d[backdrop], axis=1, keepdims=True)
+    w = ((unit[:, 2] + 1.0) / 2.0)[:, None]
+    wave = 0.85 + 0.15 * np.sin(5.0 * np.arctan2(unit[:, 1], unit[:, 0]) + 3.0 * unit[:, 2])
+    colour[backdrop] = ((1.0 - w) * obj.background[2] + w * obj.background[3]) * wave[:, None]
+    depth = np.where(mask | ground, np.where(mask, t, t_ground), 0.0)
+    image = np.round(np.clip(colour, 0.0, 1.0) * 255.0).astype(np.uint8)
+    shape = (height, width)
+    return image.reshape(*shape, 3), mask.reshape(shape), depth.reshape(shape).astype(np.float32)
+
+
+# Cameras and key points ----------------------------------------------------------------------
+
+
+def sample_intrinsics(rng: np.random.Generator, image_size_hw: tuple[int, int]) -> np.ndarray:
+    """A pinhole K (3, 3): 40-60 degree horizontal field of view, fy within 2% of fx, off-centre."""
+    height, width = image_size_hw
+    fx = (width / 2.0) / np.tan(np.deg2rad(rng.uniform(40.0, 60.0)) / 2.0)
+    K = np.eye(3)
+    K[0, 0], K[1, 1] = fx, fx * rng.uniform(0.98, 1.02)
+    K[0, 2] = width / 2.0 - 0.5 + rng.uniform(-0.03, 0.03) * width
+    K[1, 2] = height / 2.0 - 0.5 + rng.uniform(-0.03, 0.03) * height
+    return K
+
+
+def hand_held_orbit(
+    obj: SyntheticObject,
+    frames: int,
+    K: np.ndarray,
+    image_size_hw: tuple[int, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """World w2c (F, 4, 4) of a CO3D-like capture: 300-360 degrees around, jittered, rolled."""
+    height, width = image_size_hw
+    # The widest view cone about the principal point that stays inside the image: the object's
+    # bounding sphere, seen at 88% of it, is whole in every frame whatever the roll.
+    room = min(K[0, 2] + 0.5, width - 0.5 - K[0, 2]) / K[0, 0]
+    room = min(room, min(K[1, 2] + 0.5, height - 0.5 - K[1, 2]) / K[1, 1])
+    low, high = obj.bounds()
+    radius = np.linalg.norm(high - low) / 2.0  # bounding sphere about the box centre, the origin
+    distance = radius / np.sin(0.88 * np.arctan(room)) * rng.uniform(1.0, 1.15)
+    step, phase = np.arange(frames) / frames, rng.uniform(0.0, 2 * np.pi, 2)
+    sweep = np.deg2rad(rng.uniform(300.0, 360.0))
+    azimuth = rng.uniform(0, 2 * np.pi) + sweep * (step + rng.uniform(-0.25, 0.25, frames) / frames)
+    elevation = rng.uniform(15.0, 35.0) + 6.0 * np.sin(2 * np.pi * step + phase[0])
+    elevation = np.deg2rad(elevation + rng.uniform(-1.5, 1.5, frames))
+    wobble = 0.08 * (0.5 + 0.5 * np.sin(4 * np.pi * step + phase[1]))
+    distances = distance * (1.0 + wobble + rng.uniform(0.0, 0.02, frames))
+    target = torch.from_numpy(rng.uniform(-0.05, 0.05, (frames, 3)) * radius)
+    eye = target + spherical_to_cartesian(
+        *(torch.from_numpy(a) for a in (azimuth, elevation, distances))
+    )
+    w2c = look_at(eye, target, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)).numpy()
+    roll = np.deg2rad(rng.uniform(-6.0, 6.0, frames))
+    cos, sin, zero, one = np.cos(roll), np.sin(roll), np.zeros(frames), np.ones(frames)
+    rotation = np.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], 1).reshape(-1, 3, 3)
+    w2c[:, :3, :] = rotation @ w2c[:, :3, :]  # roll about the optical axis
+    world = normalize_w2c(torch.from_numpy(w2c), torch.from_numpy(obj.object_to_world))
+    return world.numpy()
+
+
+def _to_world(obj: SyntheticObject, points: np.ndarray) -> np.ndarray:
+    return points @ obj.object_to_world[:3, :3].T + obj.object_to_world[:3, 3]
+
+
+def _sample_primitive(prim: Primitive, count: int, rng: np.random.Generator) -> tuple:
+    """Uniform points on a primitive's surface: points (n, 3), outer normals (n, 3), faces (n,)."""
+    rows = np.arange(count)
+    if prim.kind == "box":
+        h = prim.size
+        areas = np.repeat([h[1] * h[2], h[0] * h[2], h[0] * h[1]], 2)
+        faces = rng.choice(6, count, p=areas / areas.sum())
+        normals = np.zeros((count, 3))
+        normals[rows, faces // 2] = np.where(faces % 2 == 0, 1.0, -1.0)
+        local = np.where(normals != 0, normals, rng.uniform(-1.0, 1.0, (count, 3)))
+        return prim.centre + local * h, normals, faces
+    if prim.kind == "cylinder":
+        r, _, h = prim.size
+        areas = np.array([4 * np.pi * r * h, np.pi * r * r, np.pi * r * r])
+        faces = rng.choice(3, count, p=areas / areas.sum())
+        phi = rng.uniform(-np.pi, np.pi, count)
+        rho = np.where(faces == 0, r, r * np.sqrt(rng.uniform(size=count)))
+        z = np.where(faces == 0, rng.uniform(-h, h, count), np.where(faces == 1, h, -h))
+        normals = np.stack([np.cos(phi), np.sin(phi), np.zeros(count)], 1)
+        normals[faces == 1], normals[faces == 2] = (0.0, 0.0, 1.0), (0.0, 0.0, -1.0)
+        return prim.centre + np.stack([rho * np.cos(phi), rho * np.sin(phi), z], 1), normals, faces
+    normals = rng.normal(size=(count, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return prim.centre + prim.size[0] * normals, normals, np.zeros(count, dtype=int)
+
+
+def _area(prim: Primitive) -> float:
+    """Surface area of a primitive."""
+    a, b, c = prim.size
+    if prim.kind == "box":
+        return 8.0 * (a * b + b * c + a * c)
+    if prim.kind == "cylinder":
+        return 4.0 * np.pi * a * c + 2.0 * np.pi * a * a
+    return 4.0 * np.pi * a * a
+
+
+def surface_points(
+    obj: SyntheticObject, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """About ``count`` points on the object's outer surface: world (P, 3), colours (P, 3) uint8."""
+    areas = np.array([_area(p) for p in obj.primitives])
+    counts = rng.multinomial(count, areas / areas.sum())
+    points, colours = [], []
+    for i, (prim, n) in enumerate(zip(obj.primitives, counts, strict=True)):
+        p, normals, faces = _sample_primitive(prim, n, rng)
+        nudged = p + 1e-4 * normals  # a point just outside the surface is inside no other part
+        hidden = np.zeros(n, dtype=bool)
+        for j, other in enumerate(obj.primitives):
+            if j != i:
+                hidden |= _inside(other, nudged)
+        points.append(p[~hidden])
+        colours.append(_texture(prim, p[~hidden], faces[~hidden]))
+    colours = np.round(np.clip(np.concatenate(colours), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return _to_world(obj, np.concatenate(points)), colours
+
+
+def object_keypoints(obj: SyntheticObject) -> dict[str, np.ndarray]:
+    """World key points: tight box corners (8, 3), its centre (3,), surface points (14, 3).
+
+    The centre is inside the object (every object is stacked on its z axis); the surface points
+    are the first hits of rays shot at the centre along the 6 axes and 8 diagonals.
+    """
+    low, high = obj.bounds()
+    centre = (low + high) / 2.0
+    if not any(_inside(p, centre[None])[0] for p in obj.primitives):
+        raise RuntimeError(f"the box centre of a synthetic {obj.category} is outside it")
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
+                        for z in (low[2], high[2])])  # fmt: skip
+    diagonals = corners - centre
+    directions = np.concatenate(
+        [np.eye(3), -np.eye(3), diagonals / np.linalg.norm(diagonals, axis=1, keepdims=True)]
+    )
+    origins = centre + 4.0 * np.linalg.norm(high - low) * directions
+    t, _, _, _ = _trace(obj, origins, -directions)
+    surface = origins - t[:, None] * directions
+    return {
+        "box_corners_world": _to_world(obj, corners),
+        "centre_world": _to_world(obj, centre[None])[0],
+        "surface_keypoints_world": _to_world(obj, surface),
+    }
+
+
+# The CO3Dv2 layout ---------------------------------------------------------------------------
+
+
+def _sequence_sets(count: int) -> list[str]:
+    """CO3Dv2's sequence sets: the last sequence is "dev", the one before "test", others "train"."""
+    sets = ["train"] * count
+    if count >= 2:
+        sets[-1] = "dev"
+    if count >= 3:
+        sets[-2] = "test"
+    return sets
+
+
+def _write_sequence(
+    folder: Path, category: str, obj: SyntheticObject, frames: int, size_hw: tuple[int, int],
+    rng: np.random.Generator, sequence_set: str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Render and write one sequence's frames; their FrameAnnotation dicts."""
+    name = folder.name
+    for sub in ("images", "masks", "depths", "depth_masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    K = sample_intrinsics(rng, size_hw)
+    w2c = hand_held_orbit(obj, frames, K, size_hw, rng)
+    # The exact OpenCV cameras, beside CO3D's NDC annotations (ours; CO3D readers ignore it).
+    write_cameras(folder / "cameras.json", torch.from_numpy(K).expand(frames, 3, 3),
+                  torch.from_numpy(w2c), size_hw)  # fmt: skip
+    R, T, focal, principal = opencv_to_co3d(
+        torch.from_numpy(K).expand(frames, 3, 3), torch.from_numpy(w2c), size_hw, "ndc_isotropic"
+    )
+    annotations = []
+    for i in range(frames):
+        image, mask, depth = render_object(obj, K, w2c[i], size_hw)
+        stem, prefix = f"frame{i + 1:06d}", f"{category}/{name}"
+        Image.fromarray(image).save(folder / "images" / f"{stem}.jpg", quality=95, subsampling=0)
+        write_mask(folder / "masks" / f"{stem}.png", mask)
+        write_depth(folder / "depths" / f"{stem}.jpg.geometric.png", depth, obj.scale)
+        write_depth_mask(folder / "depth_masks" / f"{stem}.png", depth > 0)
+        # CO3D's meta.frame_type: "<sequence set>_<known|unseen>"; every 4th dev/test frame unseen.
+        seen = "unseen" if sequence_set != "train" and i % 4 == 0 else "known"
+        annotations.append({
+            "sequence_name": name, "frame_number": i, "frame_timestamp": i / FPS,
+            "image": {"path": f"{prefix}/images/{stem}.jpg", "size": list(size_hw)},
+            "depth": {"path": f"{prefix}/depths/{stem}.jpg.geometric.png",
+                      "scale_adjustment": obj.scale,
+                      "mask_path": f"{prefix}/depth_masks/{stem}.png"},
+            "mask": {"path": f"{prefix}/masks/{stem}.png", "mass": float(mask.sum())},
+            "viewpoint": {"R": R[i].tolist(), "T": T[i].tolist(),
+                          "focal_length": focal[i].tolist(),
+                          "principal_point": principal[i].tolist(),
+                          "intrinsics_format": "ndc_isotropic"},
+            "meta": {"frame_type": f"{sequence_set}_{seen}"},
+        })  # fmt: skip
+    return annotations
+
+
+def _set_lists(frames: list[dict[str, Any]], sets: dict[str, str]) -> dict[str, dict[str, list]]:
+    """CO3Dv2 set lists: fewview_dev / fewview_test train on the "train" sequences and test on the
+    "dev" / "test" ones; manyview_dev_0 splits the first dev sequence into known and unseen."""
+    entry = {(f["sequence_name"], f["frame_number"]): f for f in frames}
+    rows = {s: [[k[0], k[1], f["image"]["path"]] for k, f in entry.items() if sets[k[0]] == s]
+            for s in ("train", "dev", "test")}  # fmt: skip
+    lists = {"fewview_dev": {"train": rows["train"], "val": [], "test": rows["dev"]}}
+    if rows["test"]:
+        lists["fewview_test"] = {"train": rows["train"], "val": [], "test": rows["test"]}
+    dev = [name for name, s in sets.items() if s == "dev"]
+    if dev:
+        first = [r for r in rows["dev"] if r[0] == dev[0]]
+        unseen = [r for r in first if entry[r[0], r[1]]["meta"]["frame_type"].endswith("unseen")]
+        known = [r for r in first if r not in unseen]
+        lists["manyview_dev_0"] = {"train": known, "val": [], "test": unseen}
+    return lists
+
+
+def _eval_batches(test: list[list], frames: list[dict[str, Any]], known_views: int) -> list:
+    """CO3D eval batches: an unseen target frame of the test split, then known source frames."""
+    types = {(f["sequence_name"], f["frame_number"]): f["meta"]["frame_type"] for f in frames}
+    is_unseen = [types[r[0], r[1]].endswith("unseen") for r in test]
+    batches = []
+    for row, unseen in zip(test, is_unseen, strict=True):
+        if unseen:
+            known = [r for r, u in zip(test, is_unseen, strict=True) if r[0] == row[0] and not u]
+            batches.append([row, *known[:known_views]])
+    return batches
+
+
+def _write_json(path: Path, document: Any, indent: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=indent), encoding="utf-8")
+
+
+def _rng(seed: int, category: str, index: int, stream: int) -> np.random.Generator:
+    """A generator per (seed, category, sequence, stream): 0 object, 1 cameras, 2 points, 3 name."""
+    return np.random.default_rng([seed, zlib.crc32(category.encode()), index, stream])
+
+
+def sequence_object(category: str, index: int, seed: int) -> SyntheticObject:
+    """The object of a category's ``index``-th sequence in a dataset made with ``seed``."""
+    return make_object(category, _rng(seed, category, index, 0))
+
+
+def _write_category(
+    out: Path, category: str, sequences: int, frames: int, size_hw: tuple[int, int],
+    seed: int, points: int, progress: tqdm,
+) -> list[str]:  # fmt: skip
+    """Write one category's sequences and annotation files; its subset names."""
+    folder = out / category
+    frame_annotations, sequence_annotations, captions, objects, sets = [], [], {}, {}, {}
+    for index, sequence_set in enumerate(_sequence_sets(sequences)):
+        name_rng = _rng(seed, category, index, 3)
+        name = f"{index + 1}_{name_rng.integers(1000, 99999)}_{name_rng.integers(1000, 99999)}"
+        obj = sequence_object(category, index, seed)
+        camera_rng = _rng(seed, category, index, 1)
+        frame_annotations += _write_sequence(
+            folder / name, category, obj, frames, size_hw, camera_rng, sequence_set
+        )
+        cloud, rgb = surface_points(obj, points, _rng(seed, category, index, 2))
+        columns = {axis: cloud[:, i].astype(np.float32) for i, axis in enumerate("xyz")}
+        columns |= {colour: rgb[:, i] for i, colour in enumerate(("red", "green", "blue"))}
+        write_ply(folder / name / "pointcloud.ply", columns)
+        sequence_annotations.append({
+            "sequence_name": name, "category": category,
+            "video": {"path": f"{category}/{name}/video.mp4", "length": frames / FPS},
+            "point_cloud": {"path": f"{category}/{name}/pointcloud.ply", "quality_score": 1.0,
+                            "n_points": len(cloud)},
+            "viewpoint_quality_score": 1.0,
+        })  # fmt: skip
+        sets[name], captions[name] = sequence_set, [obj.caption]
+        keypoints = {key: value.tolist() for key, value in object_keypoints(obj).items()}
+        objects[name] = {
+            "category": category, "caption": obj.caption, "sequence_set": sequence_set,
+            "seed": seed, "index": index,
+            "scale": obj.scale, "object_to_world": obj.object_to_world.tolist(),
+            "box_corners_on_surface": category == "box", **keypoints,
+        }  # fmt: skip
+        progress.update()
+    write_jgz(folder / "frame_annotations.jgz", frame_annotations)
+    write_jgz(folder / "sequence_annotations.jgz", sequence_annotations)
+    subsets = _set_lists(frame_annotations, sets)
+    for subset, lists in subsets.items():
+        _write_json(folder / "set_lists" / f"set_lists_{subset}.json", lists)
+        batches = _eval_batches(lists["test"], frame_annotations, 0 if "many" in subset else 2)
+        _write_json(folder / "eval_batches" / f"eval_batches_{subset}.json", batches)
+    _write_json(folder / "captions.json", captions, indent=1)
+    _write_json(folder / OBJECTS_FILE, objects, indent=1)
+    return sorted(subsets)
+
+
+def make_synthetic_dataset(
+    out: str | Path,
+    categories: Sequence[str] = CATEGORIES,
+    sequences: int = 2,
+    frames: int = 20,
+    size_wh: tuple[int, int] = (160, 120),
+    seed: int = 0,
+    points: int = 2000,
+    overwrite: bool = False,
+) -> Path:
+    """Write synthetic objects in the CO3Dv2 layout under ``out``; deterministic from ``seed``."""
+    categories = list(dict.fromkeys(categories))
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown synthetic categories {unknown}; expected some of {CATEGORIES}")
+    if sequences < 1 or frames < 1 or points < 1:
+        raise ValueError(
+            f"need sequences, frames and points >= 1, got {sequences}, {frames}, {points}"
+        )
+    width, height = size_wh
+    if width < 8 or height < 8:
+        raise ValueError(f"image size must be at least 8x8 pixels, got {width}x{height}")
+    out = Path(out)
+    for category in categories:
+        folder = out / category
+        if folder.exists() and any(folder.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{folder} is not empty (pass overwrite=True to replace it)")
+            shutil.rmtree(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    subsets = {}
+    with tqdm(total=len(categories) * sequences, desc="synthetic sequences", unit="seq") as bar:
+        for category in categories:
+            subsets[category] = _write_category(
+                out, category, sequences, frames, (height, width), seed, points, bar
+            )
+    index = out / "category_to_subset_name_list.json"  # CO3Dv2's root index of subsets
+    listed = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
+    _write_json(index, dict(sorted({**listed, **subsets}.items())), indent=1)
+    return out
+
+
+def read_synthetic_objects(root: str | Path, category: str) -> dict[str, dict[str, Any]]:
+    """``{sequence_name: {...}}`` of ``synthetic_objects.json``, key points as float64 tensors."""
+    path = Path(root) / category / OBJECTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no synthetic objects here (not a synthetic dataset?)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    shapes = {"box_corners_world": (8, 3), "centre_world": (3,),
+              "surface_keypoints_world": (14, 3), "object_to_world": (4, 4)}  # fmt: skip
+    objects = {}
+    for name, entry in document.items():
+        entry = dict(entry)
+        for key, shape in shapes.items():
+            try:
+                entry[key] = torch.tensor(entry[key], dtype=torch.float64)
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: sequence {name}: '{key}' missing or not numbers"
+                ) from None
+            if entry[key].shape != shape:
+                raise ValueError(f"{path}: sequence {name}: '{key}' must have shape {shape}")
+        objects[name] = entry
+    return objects
