@@ -1,4 +1,4 @@
-"""Synthetic objects: exact renders, distinguishable sides, key points, files, determinism, CLI."""
+"""Synthetic objects: renders agree with surface and key points, files, determinism, CLI."""
 
 import gzip
 import hashlib
@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import intrinsics_from_fov, normalize_w2c, orbit, project
+from viewdiff.cameras import project
 from viewdiff.data.co3d import read_category, read_depth, read_mask
+from viewdiff.data.raycast import render_object
 from viewdiff.data.synthetic import (
     CATEGORIES,
     hand_held_orbit,
@@ -20,7 +21,6 @@ from viewdiff.data.synthetic import (
     make_synthetic_dataset,
     object_keypoints,
     read_synthetic_objects,
-    render_object,
     sample_intrinsics,
     surface_points,
 )
@@ -102,30 +102,6 @@ def test_box_corners_of_a_ball_are_not_on_it():
     corners = torch.from_numpy(object_keypoints(obj)["box_corners_world"])
     uv, _ = project(corners, torch.from_numpy(K), torch.from_numpy(view))
     assert not _at(torch.from_numpy(mask), uv).all()
-
-
-def _colour_histogram(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Normalised 64-bin histogram of the object's colours (4 levels per channel)."""
-    levels = image[mask].astype(int) // 64
-    counts = np.bincount(levels[:, 0] * 16 + levels[:, 1] * 4 + levels[:, 2], minlength=64)
-    return counts / counts.sum()
-
-
-@pytest.mark.parametrize("category", CATEGORIES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_opposite_sides_look_different(category, seed):
-    obj = make_object(category, np.random.default_rng(seed))
-    K = intrinsics_from_fov(50.0, *SIZE_HW).double().numpy()
-    cameras = orbit(2, elevation_deg=20.0, radius=3.5, start_azimuth_deg=30.0, dtype=torch.float64)
-    front, back = normalize_w2c(cameras, torch.from_numpy(obj.object_to_world)).numpy()
-    (image_a, mask_a, _), (image_b, mask_b, _) = (
-        render_object(obj, K, view, SIZE_HW) for view in (front, back)
-    )
-    assert mask_a.sum() > 300 and mask_b.sum() > 300
-    distance = np.abs(_colour_histogram(image_a, mask_a) - _colour_histogram(image_b, mask_b))
-    assert distance.sum() > 0.5  # of at most 2: the two sides share few colours
-    again = render_object(obj, K, front, SIZE_HW)[0]
-    assert np.array_equal(again, image_a)
 
 
 def test_files_follow_the_co3d_layout(dataset):
