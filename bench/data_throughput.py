@@ -1,0 +1,80 @@
+"""Throughput of the streaming loader: samples/s and views/s, JPEG/PNG decoding included.
+
+    python bench/data_throughput.py                    # synthetic shards, 256 px, N=5, B=4
+    python bench/data_throughput.py --size 128 --batches 40 --workers 0 2 4
+    python bench/data_throughput.py --shards data/shards/co3d --size 256    # existing shards
+
+Without --shards it writes synthetic CO3D-layout objects and their shards into a temporary
+folder first (not timed). Each line times ``--batches`` batches after one warm-up batch (worker
+start-up and the shuffle buffer's first fill are not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+from viewdiff.config import DataConfig
+from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.stream import build_loader
+from viewdiff.data.synthetic import CATEGORIES, make_synthetic_dataset
+
+
+def synthetic_shards(folder: Path, sequences: int, frames: int, size: int) -> Path:
+    """Synthetic objects of every category, written as shards of ``size`` px views."""
+    source = (size * 5 // 4, size)  # a wider source image (W, H), cropped square like CO3D's
+    root = make_synthetic_dataset(folder / "co3d", CATEGORIES, sequences, frames, source, seed=0)
+    options = ShardOptions(image_size=size, max_frames=frames, samples_per_shard=4)
+    write_shards(root, folder / "shards", options)
+    return folder / "shards"
+
+
+def time_loader(data: DataConfig, batch_size: int, batches: int) -> float:
+    """Seconds for ``batches`` batches after a warm-up batch."""
+    stream = iter(build_loader(data, batch_size, seed=0))
+    next(stream)  # warm-up: workers start, buffers fill
+    start = time.perf_counter()
+    for _ in islice(stream, batches):
+        pass
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print one line per worker count."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shards", help="existing shard folder or URL (default: synthetic)")
+    parser.add_argument("--size", type=int, default=256, help="view size of the shards, px")
+    parser.add_argument("--views", type=int, default=5, help="N views per sample")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per batch")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per line")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")
+    parser.add_argument("--sequences", type=int, default=2, help="synthetic sequences/category")
+    parser.add_argument("--frames", type=int, default=24, help="synthetic frames per sequence")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        shards = args.shards or synthetic_shards(
+            Path(scratch), args.sequences, args.frames, args.size
+        )
+        for workers in args.workers:
+            data = DataConfig(
+                shards=str(shards),
+                image_size=args.size,
+                n_views=args.views,
+                num_workers=workers,
+                shuffle_buffer=8,
+            )
+            seconds = time_loader(data, args.batch_size, args.batches)
+            samples = args.batches * args.batch_size
+            print(
+                f"workers={workers}  {args.size}px  N={args.views}  B={args.batch_size}  "
+                f"{samples / seconds:8.1f} samples/s  {samples * args.views / seconds:8.1f} views/s"
+            )
+
+
+if __name__ == "__main__":
+    main()
