@@ -38,8 +38,15 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.tiny $(DEMO)/tiny-sd
 	mkdir -p $(DEMO)
 	$(BIN)/python train.py --config configs/tiny_cpu.yaml --print-config > $(DEMO)/config.yaml
+	$(BIN)/python data/make_synthetic.py --out $(DEMO)/co3d --sequences 2 --frames 24 \
+		--size 160x120 --overwrite
+	$(BIN)/python data/prepare_co3d.py --co3d-root $(DEMO)/co3d --out $(DEMO)/shards --size 64 \
+		--max-frames 12 --samples-per-shard 4
+	$(BIN)/python data/preview_batch.py --shards $(DEMO)/shards --out $(DEMO)/batch.png --n-views 4
 	$(BIN)/python infer.py cameras --out $(DEMO)/cameras --views 8 --image-size 128
-	@echo "demo: tiny pipeline in $(DEMO)/tiny-sd, resolved config $(DEMO)/config.yaml, cameras in $(DEMO)/cameras/"
+	@echo "demo: tiny pipeline $(DEMO)/tiny-sd, config $(DEMO)/config.yaml," \
+		"synthetic CO3D $(DEMO)/co3d, shards $(DEMO)/shards, a batch $(DEMO)/batch.png," \
+		"cameras $(DEMO)/cameras/"
 
 clean-demo:
 	rm -rf $(DEMO)
