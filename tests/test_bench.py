@@ -7,10 +7,12 @@ import pytest
 
 
 def test_model_step_benchmark_prints_a_line_per_configuration(capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["model_step.py", "--sizes", "tiny", "--steps", "1"])
+    argv = ["model_step.py", "--sizes", "tiny", "--resolutions", "64", "--steps", "1", "--small-3d"]
+    monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path("bench/model_step.py", run_name="__main__")
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all("images/s" in line for line in lines)
+    # One line per component setting: stock, +cfa, +pose-lora, +projection, all.
+    assert len(lines) == 5, lines
 
 
 def test_full_size_benchmark_needs_cuda(monkeypatch):

@@ -43,11 +43,14 @@ class ModelConfig:
     cross_frame_attention: bool = True
     """Self-attention (attn1) attends to the keys/values of all N views of the object."""
 
+    pose_lora: bool = True
+    """Add the pose-conditioned LoRA to to_q/to_k/to_v/to_out of every attn1 and attn2."""
+
     pose_lora_rank: int = 64
     """Rank of the pose-conditioned LoRA on to_q/to_k/to_v/to_out of attn1 and attn2."""
 
     pose_timestep_dim: int = 8
-    """Width of the timestep projection appended to the pose condition of attn1's LoRA."""
+    """Width of the timestep projection appended to the pose condition of attn1's LoRA (0: none)."""
 
     projection_layers: bool = True
     """Insert voxel projection layers (unproject, aggregate, 3D CNN, volume render)."""
@@ -59,10 +62,19 @@ class ModelConfig:
     """C': feature channels inside the projection layer's voxel grid."""
 
     voxel_grid_size: int = 32
-    """G: the projection layer's grid has G^3 voxels spanning the normalised object box."""
+    """G (even): the projection layer's grid of G^3 voxels over the object box (see below)."""
 
     render_samples: int = 128
-    """Samples per ray when volume-rendering the grid back into every view."""
+    """Samples per ray between near and far when rendering the grid (x2 with the background)."""
+
+    projection_background: bool = True
+    """Grid over [-2, 2]^3 with MERF's contraction: inner half the object box, outer the rest."""
+
+    projection_checkpointing: bool = False
+    """Recompute the projection layers' activations in the backward pass (saves memory)."""
+
+    base_lora_rank: int = 16
+    """Rank of the peft LoRA on the base UNet's to_q/to_k/to_v/to_out.0 (train.mode=lora)."""
 
     attention_backend: Literal["sdpa", "xformers"] = "sdpa"
     """Kernel of cross-frame attention: torch SDPA (everywhere) or xformers (CUDA only)."""

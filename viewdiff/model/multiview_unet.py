@@ -1,0 +1,256 @@
+"""The multi-view UNet: a diffusers UNet augmented as in ViewDiff (CVPR 2024, Sec. 3).
+
+``MultiViewUNet(unet, config)`` takes any diffusers ``UNet2DConditionModel`` (SD 2.1 base, or the
+tiny ones of ``viewdiff.tiny``) and, in place, without editing diffusers or renaming any of its
+modules:
+
+- sets a ``MultiViewAttnProcessor`` on every attention (``unet.set_attn_processor``): cross-frame
+  attention in every attn1, pose-conditioned LoRA on attn1 and attn2 (``attention``, ``lora``);
+- adds a ``ProjectionLayer`` after every transformer of ``config.projection_blocks``, through a
+  forward hook on that ``Transformer2DModel`` that adds the layer's residual to its output.
+
+The new weights live in this module's ``attention_layers`` and ``projection_layers``; ``unet``
+keeps exactly diffusers' state dict, so the fine-tuned UNet saves with diffusers'
+``save_pretrained`` (``persistence`` saves and loads the rest). The per-call condition (cameras,
+pose features, time embedding) travels as
+``cross_attention_kwargs={"multiview": MultiViewCondition}``, see ``attention``.
+
+Forward, in diffusers' names: ``latents`` (B*N, 4, h, w) with the N views of object b at rows
+b*N .. b*N+N-1, ``timesteps`` (B*N,) per view, ``encoder_hidden_states`` (B*N, 77, D), cameras
+``K`` (B*N or B,N, 3, 3) in pixels of the images and ``w2c`` (.., 4, 4) in the normalised scene,
+``pose_features`` (.., 10) from ``viewdiff.cameras.pose_features``, and ``n_views`` = N.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from peft import LoraConfig
+from torch import Tensor, nn
+
+from viewdiff.cameras import POSE_FEATURE_DIM
+from viewdiff.config import ModelConfig
+from viewdiff.model.attention import MultiViewAttnProcessor, MultiViewCondition
+from viewdiff.model.lora import PoseLoRA
+from viewdiff.model.projection import ProjectionLayer
+
+BASE_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+VAE_SCALE_FACTOR = 8  # SD's VAE: images are 8x the latents
+
+
+def module_key(name: str) -> str:
+    """ModuleDict key of a diffusers module path ('.' is not allowed in module names)."""
+    return name.replace(".", "_")
+
+
+def _per_view(value: Tensor, name: str, rows: int, n_views: int, tail: tuple[int, ...]) -> Tensor:
+    """``value`` shaped (B*N, *tail) or (B, N, *tail), returned as (B*N, *tail)."""
+    if value.shape == (rows, *tail):
+        return value
+    if value.shape == (rows // n_views, n_views, *tail):
+        return value.reshape(rows, *tail)
+    expected = f"{(rows, *tail)} or {(rows // n_views, n_views, *tail)}"
+    raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {expected}")
+
+
+def check_model_config(config: ModelConfig) -> None:
+    """Refuse settings of the attention additions that cannot build, naming the key."""
+    if config.pose_lora and config.pose_lora_rank < 1:
+        raise ValueError(f"model.pose_lora_rank must be at least 1, got {config.pose_lora_rank}")
+    if config.pose_timestep_dim < 0:
+        raise ValueError(f"model.pose_timestep_dim must be >= 0, got {config.pose_timestep_dim}")
+    if config.attention_backend not in ("sdpa", "xformers"):
+        raise ValueError(f"model.attention_backend: unknown {config.attention_backend!r}")
+
+
+class MultiViewUNet(nn.Module):
+    """A diffusers UNet with cross-frame attention, pose-conditioned LoRA and projection layers."""
+
+    def __init__(self, unet: UNet2DConditionModel, config: ModelConfig) -> None:
+        super().__init__()
+        check_model_config(config)
+        self.unet = unet
+        self.config = config
+        self.temb_dim = unet.time_embedding.linear_2.out_features
+        self.attention_layers = nn.ModuleDict()
+        self.projection_layers = nn.ModuleDict()
+        self._install_attention()
+        if config.projection_layers:
+            self._install_projection()
+
+    def _install_attention(self) -> None:
+        """One ``MultiViewAttnProcessor`` per attention, with its pose LoRA if configured."""
+        config, processors = self.config, {}
+        for name in self.unet.attn_processors:
+            attn = self.unet.get_submodule(name.removesuffix(".processor"))
+            is_self_attention = not attn.is_cross_attention
+            lora = None
+            if config.pose_lora:
+                lora = PoseLoRA(
+                    query_dim=attn.to_q.in_features,
+                    key_dim=attn.to_k.in_features,
+                    inner_dim=attn.to_q.out_features,
+                    pose_dim=POSE_FEATURE_DIM,
+                    rank=config.pose_lora_rank,
+                    temb_dim=self.temb_dim if is_self_attention else None,
+                    timestep_dim=config.pose_timestep_dim if is_self_attention else 0,
+                )
+                self.attention_layers[module_key(name.removesuffix(".processor"))] = lora
+            processors[name] = MultiViewAttnProcessor(
+                cross_frame=config.cross_frame_attention and is_self_attention,
+                lora=lora,
+                backend=config.attention_backend,
+            )
+        self.unet.set_attn_processor(processors)
+
+    def _install_projection(self) -> None:
+        """A projection layer after every transformer of the configured blocks (forward hooks)."""
+        config = self.config
+        for block_name in config.projection_blocks:
+            try:
+                block = self.unet.get_submodule(block_name)
+            except AttributeError:
+                block = None
+            if block is None or not getattr(block, "attentions", None):
+                known = [n for n, m in self.unet.named_children() if n.endswith("blocks")]
+                raise ValueError(
+                    f"model.projection_blocks: {block_name!r} is not a UNet block with "
+                    f"transformers (blocks are e.g. down_blocks.2, mid_block, up_blocks.1; "
+                    f"this UNet has {known})"
+                )
+            for index, transformer in enumerate(block.attentions):
+                key = module_key(f"{block_name}.attentions.{index}")
+                self.projection_layers[key] = ProjectionLayer(
+                    channels=transformer.config.in_channels,
+                    grid_channels=config.projection_channels,
+                    grid_size=config.voxel_grid_size,
+                    num_samples=config.render_samples,
+                    background=config.projection_background,
+                    temb_dim=self.temb_dim,
+                    checkpointing=config.projection_checkpointing,
+                )
+                hook = functools.partial(self._project_after, key)
+                transformer.register_forward_hook(hook, with_kwargs=True)
+
+    def _project_after(
+        self, key: str, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        """Forward hook: add the projection layer's residual to a transformer's output."""
+        condition = (kwargs.get("cross_attention_kwargs") or {}).get("multiview")
+        if condition is None:
+            raise ValueError(
+                f"projection layer {key} needs cross_attention_kwargs={{'multiview': ...}}; "
+                "call MultiViewUNet, not the wrapped UNet"
+            )
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        sample = sample + self.projection_layers[key](
+            sample,
+            condition.K,
+            condition.w2c,
+            condition.image_size_hw,
+            condition.temb,
+            condition.timesteps,
+            condition.n_views,
+            condition.unprojected,
+        )
+        if isinstance(output, tuple):
+            return (sample, *output[1:])
+        return Transformer2DModelOutput(sample=sample)
+
+    def forward(
+        self,
+        latents: Tensor,
+        timesteps: Tensor | int,
+        encoder_hidden_states: Tensor,
+        K: Tensor,
+        w2c: Tensor,
+        pose_features: Tensor,
+        n_views: int,
+        image_size_hw: tuple[int, int] | None = None,
+        unprojected_views: Tensor | None = None,
+    ) -> Tensor:
+        """Predicted noise (or v) (B*N, 4, h, w) for N posed views per object (see the module).
+
+        ``image_size_hw`` is the size of the images ``K`` refers to (default 8x the latents);
+        ``unprojected_views`` (B*N or B,N) bool says which views the projection layers lift
+        into their grids (default all).
+        """
+        if latents.ndim != 4:
+            raise ValueError(f"latents must be (B*N, C, h, w), got shape {tuple(latents.shape)}")
+        rows = latents.shape[0]
+        if n_views < 1 or rows % n_views:
+            raise ValueError(f"latents have {rows} rows: not whole objects of n_views={n_views}")
+        if encoder_hidden_states.shape[0] != rows:
+            raise ValueError(
+                f"encoder_hidden_states has {encoder_hidden_states.shape[0]} rows, latents {rows}"
+            )
+        timesteps = torch.as_tensor(timesteps, device=latents.device)
+        timesteps = timesteps.expand(rows) if timesteps.ndim == 0 else timesteps.reshape(-1)
+        if timesteps.shape[0] != rows:
+            raise ValueError(f"timesteps must be a scalar or have {rows} entries")
+        if unprojected_views is not None:
+            unprojected_views = _per_view(unprojected_views, "unprojected_views", rows, n_views, ())
+        height, width = latents.shape[-2:]
+        condition = MultiViewCondition(
+            n_views=n_views,
+            pose=_per_view(pose_features, "pose_features", rows, n_views, (POSE_FEATURE_DIM,)).to(
+                latents.dtype
+            ),
+            temb=self.time_embedding(latents, timesteps),
+            timesteps=timesteps,
+            K=_per_view(K, "K", rows, n_views, (3, 3)),
+            w2c=_per_view(w2c, "w2c", rows, n_views, (4, 4)),
+            image_size_hw=image_size_hw or (VAE_SCALE_FACTOR * height, VAE_SCALE_FACTOR * width),
+            unprojected=unprojected_views,
+        )
+        return self.unet(
+            latents,
+            timesteps,
+            encoder_hidden_states=encoder_hidden_states,
+            cross_attention_kwargs={"multiview": condition},
+            return_dict=False,
+        )[0]
+
+    def time_embedding(self, latents: Tensor, timesteps: Tensor) -> Tensor:
+        """The UNet's time embedding (B*N, T) of per-view timesteps (no class/added embeddings)."""
+        emb = self.unet.time_embedding(self.unet.get_time_embed(sample=latents, timestep=timesteps))
+        if self.unet.time_embed_act is not None:
+            emb = self.unet.time_embed_act(emb)
+        return emb
+
+    # Parameters: the renderer gets its own learning rate (reference: vol_rend_learning_rate).
+
+    def renderer_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the projection layers' volume renderers."""
+        return [p for layer in self.projection_layers.values() for p in layer.renderer.parameters()]
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Disjoint groups: 'unet' (base weights, peft LoRA included), 'added', 'renderer'.
+
+        All parameters, trainable or not: the training code picks what it trains.
+        """
+        renderer = self.renderer_parameters()
+        renderer_ids = {id(p) for p in renderer}
+        added = [
+            p
+            for name, p in self.named_parameters()
+            if not name.startswith("unet.") and id(p) not in renderer_ids
+        ]
+        return {"unet": list(self.unet.parameters()), "added": added, "renderer": renderer}
+
+    def added_state_dict(self) -> dict[str, Tensor]:
+        """State dict of what was added to the UNet (attention LoRA, projection layers)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("unet.")}
+
+
+def add_base_lora(unet: UNet2DConditionModel, rank: int) -> LoraConfig:
+    """Add a peft LoRA adapter to to_q/to_k/to_v/to_out.0 of every attention of the base UNet."""
+    if rank < 1:
+        raise ValueError(f"model.base_lora_rank must be at least 1, got {rank}")
+    lora_config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(BASE_LORA_TARGETS))
+    unet.add_adapter(lora_config)
+    return lora_config

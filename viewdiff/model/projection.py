@@ -1,0 +1,144 @@
+"""The projection layer: lift every view's features into a 3D grid and render them back.
+
+ViewDiff Sec. 3.3 ("projection layer", the reference's ``UnprojReprojLayer``), inserted after
+the transformers of the UNet's widest stages. For the N views of each object:
+
+1. normalise and compress the C feature channels to C' with a 1x1 convolution;
+2. unproject every view's feature map into a G^3 voxel grid over the normalised scene
+   (``voxel_grid``), keeping each voxel's per-view feature, visibility, depth and direction;
+3. aggregate the views IBRNet-style into one grid (``aggregate``), conditioned on each view's
+   time embedding;
+4. refine the grid with a timestep-conditioned 3D UNet (``voxel_unet``), at the object's largest
+   timestep (the reference takes the last view's, assuming clean condition views come first; the
+   largest does not depend on the views' order);
+5. volume-render the grid into every view at the feature map's resolution (``volume_render``);
+6. map the rendered C' features and opacity back to C channels with a small 1x1 convolution stack
+   whose last layer starts at zero, and add the result to the input (residual).
+
+So the layer contributes exactly zero at initialisation, and the augmented UNet starts as the base
+UNet. The geometry (unprojection, ray sampling, compositing) runs in float32 whatever the model's
+dtype; the learned parts run in their parameters' dtype. Views can be left out of the grid
+(``unprojected``), as the reference leaves out the last, novel view during training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from viewdiff.cameras import resize_intrinsics
+from viewdiff.model.aggregate import IBRNetAggregator
+from viewdiff.model.volume_render import VolumeRenderer
+from viewdiff.model.voxel_grid import grid_world_points, unproject
+from viewdiff.model.voxel_unet import VoxelUNet, group_count
+
+
+class ProjectionLayer(nn.Module):
+    """Unproject -> aggregate -> 3D UNet -> volume render, for C-channel feature maps."""
+
+    def __init__(
+        self,
+        channels: int,
+        grid_channels: int,
+        grid_size: int,
+        num_samples: int,
+        background: bool,
+        temb_dim: int,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if grid_size < 2 or grid_size % 2:
+            raise ValueError(f"model.voxel_grid_size must be even and >= 2, got {grid_size}")
+        if num_samples < 2:
+            raise ValueError(f"model.render_samples must be at least 2, got {num_samples}")
+        if grid_channels < 1:
+            raise ValueError(f"model.projection_channels must be positive, got {grid_channels}")
+        self.grid_size = grid_size
+        self.background = background
+        self.checkpointing = checkpointing
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.compress = nn.Conv2d(channels, grid_channels, kernel_size=1)
+        self.aggregator = IBRNetAggregator(grid_channels, temb_dim)
+        self.voxel_unet = VoxelUNet(grid_channels)
+        self.renderer = VolumeRenderer(grid_channels, num_samples, background)
+        self.expand = nn.Sequential(
+            nn.Conv2d(grid_channels + 1, grid_channels, kernel_size=1),
+            nn.SiLU(),
+            nn.Conv2d(grid_channels, channels, kernel_size=1),
+        )
+        # Zero-initialised output (as ControlNet's zero convolutions): no contribution at start.
+        nn.init.zeros_(self.expand[-1].weight)
+        nn.init.zeros_(self.expand[-1].bias)
+
+    def forward(
+        self,
+        features: Tensor,
+        K: Tensor,
+        w2c: Tensor,
+        image_size_hw: tuple[int, int],
+        temb: Tensor,
+        timesteps: Tensor,
+        n_views: int,
+        unprojected: Tensor | None = None,
+    ) -> Tensor:
+        """Residual (B*N, C, h, w) for features (B*N, C, h, w) of N posed views per object.
+
+        K (B*N, 3, 3) in pixels of images of size ``image_size_hw``, w2c (B*N, 4, 4) in the
+        normalised scene, temb (B*N, T) the UNet's time embedding, timesteps (B*N,), and
+        ``unprojected`` (B*N,) bool: which views are lifted into the grid (default all).
+        """
+        rows, _, height, width = features.shape
+        if rows % n_views:
+            raise ValueError(
+                f"projection layer: {rows} rows are not whole objects of {n_views} views"
+            )
+        compressed = self.compress(self.norm(features))  # (B*N, C', h, w)
+        K_features = resize_intrinsics(K.float(), image_size_hw, (height, width))
+        inputs = (compressed, K_features, w2c.float(), temb, timesteps, unprojected)
+        if self.checkpointing and torch.is_grad_enabled():
+            rendered = torch.utils.checkpoint.checkpoint(
+                self._lift_and_render, *inputs, n_views, use_reentrant=False
+            )
+        else:
+            rendered = self._lift_and_render(*inputs, n_views)
+        return self.expand(rendered.to(features.dtype))  # (B*N, C, h, w)
+
+    def _lift_and_render(
+        self,
+        compressed: Tensor,
+        K: Tensor,
+        w2c: Tensor,
+        temb: Tensor,
+        timesteps: Tensor,
+        unprojected: Tensor | None,
+        n_views: int,
+    ) -> Tensor:
+        """Compressed features (B*N, C', h, w) -> rendered features + opacity (B*N, C'+1, h, w)."""
+        rows, channels, height, width = compressed.shape
+        objects = rows // n_views
+        dtype = compressed.dtype
+
+        def per_object(x: Tensor) -> Tensor:  # (B*N, ...) -> (B, N, ...)
+            return x.reshape(objects, n_views, *x.shape[1:])
+
+        points, usable = grid_world_points(self.grid_size, self.background, torch.float32, K.device)
+        K, w2c = per_object(K), per_object(w2c)
+        features, valid, depth, directions = unproject(
+            per_object(compressed).float(), K, w2c, points
+        )  # (B, N, P, C'), (B, N, P, 1), (B, N, P, 1), (B, N, P, 3)
+        valid = valid * usable[:, None].float()
+        if unprojected is not None:
+            valid = valid * per_object(unprojected.to(valid.dtype))[:, :, None, None]
+        grid = self.aggregator(
+            (features * valid).to(dtype),
+            valid.to(dtype),
+            depth.to(dtype),
+            directions.to(dtype),
+            per_object(temb).to(dtype),
+        )  # (B, P, C')
+        size = self.grid_size
+        grid = grid.transpose(1, 2).reshape(objects, channels, size, size, size)
+        grid = self.voxel_unet(grid, per_object(timesteps).amax(dim=1))
+        rendered = self.renderer(grid.float(), K, w2c, height, width)  # (B, N, C'+1, h, w)
+        return rendered.reshape(rows, channels + 1, height, width)
