@@ -259,3 +259,31 @@ def test_full_size_benchmark_path_runs_on_cpu_with_a_tiny_unet(monkeypatch, caps
     lines = run_benchmark(monkeypatch, capsys, [*argv, "--variants", "stock", "all", "--small-3d"])
     rows = [line for line in lines if "images/s" in line]
     assert len(rows) == 2 and all("bf16" in row for row in rows)
+
+
+def test_bf16_autocast_training_step_has_finite_gradients():
+    # Regression: under bf16 autocast the background sample depths rounded to infinity and every
+    # gradient became NaN; the renderer now runs its geometry in float32.
+    torch.manual_seed(0)
+    config = ModelConfig(
+        voxel_grid_size=8, render_samples=8, projection_channels=8, pose_lora_rank=4
+    )
+    model = MultiViewUNet(build_unet(unet_config("tiny")), config)
+    for parameter in model.projection_layers.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)  # make the zero-initialised layers active
+    w2c = orbit(2, 30.0, 4.0)
+    K = intrinsics_from_fov(48.0, 64, 64).expand(2, 3, 3)
+    latents, encoder_hidden_states = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(
+            latents,
+            torch.full((2,), 500),
+            encoder_hidden_states,
+            K,
+            w2c,
+            pose_features(K, w2c, (64, 64)),
+            n_views=2,
+        )
+    out.float().square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -141,15 +141,20 @@ class VolumeRenderer(nn.Module):
         reference's bg_color=1) and the opacity.
         """
         batch, views = K.shape[:2]
-        origins, directions = pixel_rays(K, w2c, height, width, normalize=False)  # (B, N, h, w, 3)
-        features, opacity, _ = render_grid(
-            grid,
-            origins.reshape(batch, -1, 3),
-            directions.reshape(batch, -1, 3),
-            self.num_samples,
-            self.background,
-            self.field,
-        )
-        features = features + (1.0 - opacity[..., None])  # background colour 1
-        out = torch.cat([features, opacity[..., None]], dim=-1)  # (B, N*h*w, C + 1)
+        # Rays, sample depths and compositing in float32 even under autocast: in bf16 the
+        # contracted background depths round to infinity and the backward pass turns to NaN.
+        with torch.autocast(grid.device.type, enabled=False):
+            K, w2c = K.float(), w2c.float()
+            origins, directions = pixel_rays(K, w2c, height, width, normalize=False)  # (B,N,h,w,3)
+            features, opacity, _ = render_grid(
+                grid.float(),
+                origins.reshape(batch, -1, 3),
+                directions.reshape(batch, -1, 3),
+                self.num_samples,
+                self.background,
+                self.field,
+            )
+            features = features + (1.0 - opacity[..., None])  # background colour 1
+            out = torch.cat([features, opacity[..., None]], dim=-1)  # (B, N*h*w, C + 1)
+        out = out.to(grid.dtype)
         return out.reshape(batch, views, height, width, -1).permute(0, 1, 4, 2, 3)
