@@ -35,13 +35,6 @@ def test_bad_config_exits_with_a_clear_message(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_training_says_it_is_not_there_yet(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--config", "configs/tiny_cpu.yaml"])
-    assert exit_info.value.code == 2
-    assert "not implemented yet" in capsys.readouterr().err
-
-
 def test_help_documents_config_keys(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])

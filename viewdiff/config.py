@@ -186,7 +186,66 @@ class TrainConfig:
     """Steps between logged scalars and summary lines."""
 
     validate_every: int = 500
-    """Steps between validation image grids."""
+    """Steps between validation image grids (0: never)."""
+
+    validation_prompts: tuple[str, ...] = ("a teddy bear", "a red hydrant")
+    """Prompts of the validation grids: one object of N orbit views each."""
+
+    validation_inference_steps: int = 25
+    """Denoising steps of the validation images (DDIM)."""
+
+    validation_guidance_scale: float = 7.5
+    """Classifier-free guidance scale of the validation images (text dropped, cameras kept)."""
+
+    export_every: int = 5000
+    """Steps between inference exports (model/); one is always written at the end (0: only then)."""
+
+    prediction_type: Literal["base", "epsilon", "v_prediction"] = "base"
+    """Training target: the base scheduler's prediction type (the reference), or epsilon / v."""
+
+    nan_policy: Literal["stop", "skip"] = "stop"
+    """On a NaN/inf loss: stop (exit 1, last checkpoint intact) or skip the step and count it."""
+
+    use_ema: bool = False
+    """Keep an exponential moving average of the trained weights (saved, used for the export)."""
+
+    ema_decay: float = 0.9999
+    """EMA decay, capped early in training at (1 + step) / (10 + step) as diffusers' EMAModel."""
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Generation with the trained prior: infer.py sample, condition and eval."""
+
+    scheduler: Literal["unipc", "ddim", "ddpm", "dpmsolver", "euler"] = "unipc"
+    """Sampler on the training noise schedule (viewdiff.sampling.SCHEDULERS); reference: UniPC."""
+
+    num_inference_steps: int = 10
+    """Denoising steps (the reference: 10 UniPC steps)."""
+
+    guidance_scale: float = 7.5
+    """Classifier-free guidance (text dropped, cameras kept) of batches that see no given view."""
+
+    image_guidance_scale: float = 1.0
+    """Guidance of batches with views given clean (input images, later windows); reference: 1."""
+
+    window_views: int = 10
+    """New views denoised jointly per batch; more are made autoregressively (sliding window)."""
+
+    max_conditions: int = 20
+    """Most views given clean to a batch: the inputs, then the generated views nearest to it."""
+
+    intensity_stats: Literal["zero", "known"] = "zero"
+    """Pose features' intensity mean/var: zeros (the reference) or the given views' statistics."""
+
+    elevation_deg: float = 30.0
+    """Elevation of the default orbit above the object's equator (the reference: 30-45 degrees)."""
+
+    radius: float = 4.0
+    """Distance of the default orbit's cameras to the object box centre (the reference: 4-4.5)."""
+
+    seed: int = 0
+    """Seed of the initial noise; the i-th prompt of a run uses seed + i."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +260,9 @@ class Config:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation, checkpoints and logging."""
+
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Generation with the trained prior (infer.py)."""
 
 
 # Loading and checking.

@@ -1,0 +1,105 @@
+"""Checkpoint folders (complete, latest, pruned, interrupted), the export swap, EMA, warm-up."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from viewdiff.training.checkpoints import (
+    STATE_FILE,
+    TrainingState,
+    complete_checkpoints,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_training_state,
+    remove_incomplete,
+    resolve_resume,
+)
+from viewdiff.training.ema import EMA
+from viewdiff.training.export import recover_export
+from viewdiff.training.optim import learning_rate_factor
+
+
+def fake_checkpoint(out, name, complete=True):
+    """A checkpoint folder, with its state file when ``complete``."""
+    folder = out / "checkpoints" / name
+    folder.mkdir(parents=True)
+    if complete:
+        state = TrainingState(
+            step=int(name.split("-")[1].split(".")[0]),
+            seed=0,
+            segment_steps=2,
+            world_size=1,
+            num_workers=0,
+        )
+        values = {"format": "viewdiff.training_state/1", **dataclasses.asdict(state)}
+        (folder / STATE_FILE).write_text(json.dumps(values))
+    return folder
+
+
+def test_latest_is_the_newest_complete_checkpoint_and_prune_keeps_the_newest(tmp_path):
+    assert latest_checkpoint(tmp_path) is None and resolve_resume("latest", tmp_path) is None
+    for step in (2, 10, 4):
+        fake_checkpoint(tmp_path, f"checkpoint-{step}")
+    fake_checkpoint(tmp_path, "checkpoint-12.tmp")  # interrupted while writing
+    fake_checkpoint(tmp_path, "checkpoint-14", complete=False)  # written by a non-atomic tool
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [2, 4, 10]
+    assert resolve_resume("latest", tmp_path) == tmp_path / "checkpoints" / "checkpoint-10"
+    assert read_training_state(latest_checkpoint(tmp_path)).step == 10
+    removed = remove_incomplete(tmp_path)
+    assert sorted(path.name for path in removed) == ["checkpoint-12.tmp", "checkpoint-14"]
+    assert [path.name for path in prune_checkpoints(tmp_path, keep=2)] == ["checkpoint-2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "checkpoint-10",
+        "checkpoint-4",
+    ]
+
+
+def test_resume_paths(tmp_path):
+    assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        resolve_resume(str(tmp_path / "gone"), tmp_path)
+    partial = fake_checkpoint(tmp_path, "checkpoint-3", complete=False)
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resolve_resume(str(partial), tmp_path)
+    (partial / STATE_FILE).write_text(json.dumps({"format": "other", "step": 3}))
+    with pytest.raises(ValueError, match="not a viewdiff.training_state/1 file"):
+        read_training_state(partial)
+
+
+def test_an_interrupted_export_swap_is_repaired(tmp_path):
+    (tmp_path / "model.old").mkdir()
+    (tmp_path / "model.old" / "multiview.json").write_text("{}")
+    (tmp_path / "model.tmp").mkdir()  # the new export was not complete
+    recover_export(tmp_path)
+    assert (tmp_path / "model" / "multiview.json").is_file()
+    assert not (tmp_path / "model.old").exists() and not (tmp_path / "model.tmp").exists()
+
+
+def test_ema_follows_the_parameters_with_warm_up_and_swaps_in(tmp_path):
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema = EMA(list(layer.named_parameters()), decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    ema.update()  # d_0 = min(0.9, 1/10): 0.1 * 1 + 0.9 * 3
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((2, 2), 2.8))
+    for _ in range(99):
+        ema.update()
+    assert ema.current_decay() == 0.9
+    with ema.swapped_in():
+        torch.testing.assert_close(layer.weight, ema.shadow["weight"])
+    assert (layer.weight == 3.0).all()
+    restored = EMA(list(layer.named_parameters()), decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 100 and torch.equal(restored.shadow["weight"], ema.shadow["weight"])
+    with pytest.raises(ValueError, match="missing"):
+        restored.load_state_dict({"updates": torch.tensor(1)})
+
+
+def test_learning_rate_warms_up_linearly_then_stays():
+    assert [learning_rate_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    assert learning_rate_factor(0, 0) == 1.0

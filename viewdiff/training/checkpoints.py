@@ -1,0 +1,253 @@
+"""Training checkpoints: ``<output_dir>/checkpoints/checkpoint-<step>/``, atomic, pruned, resumable.
+
+A checkpoint holds
+
+    optimizer.bin, random_states_<rank>.pkl   accelerate's ``save_state`` (scaler.pt with fp16);
+                                              it loads them with torch.load(weights_only=True)
+    trainable.safetensors  the trained weights and the added layers' buffers; the frozen base
+                           UNet is not copied: it is reloaded from model.pretrained_model
+    ema.safetensors        the moving average of the trained weights (train.use_ema)
+    data-rank<r>.json      each rank's data position and the samples of its last step
+    config.json            the resolved config of the run that wrote it
+    training_state.json    step, data-segment length and counters; written last
+
+Atomic: every rank writes into ``checkpoint-<step>.tmp/``; after a barrier the main rank renames
+it to ``checkpoint-<step>/`` (a rename inside one folder is atomic on POSIX filesystems; with
+several nodes, ``output_dir`` must be on a shared filesystem). A crash while writing leaves only
+the ``.tmp`` folder, which never counts as a checkpoint and is removed at the next start. A
+checkpoint is complete when it is named ``checkpoint-<step>`` and holds training_state.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from viewdiff.config import Config, save_config
+from viewdiff.model.persistence import check_weights
+
+CHECKPOINTS = "checkpoints"
+PREFIX = "checkpoint-"
+TMP_SUFFIX = ".tmp"
+STATE_FILE = "training_state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FORMAT = "viewdiff.training_state/1"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint needs besides weights and optimizer to continue exactly."""
+
+    step: int
+    """Optimiser steps done."""
+    seed: int
+    """train.seed of the run."""
+    segment_steps: int
+    """Steps per data segment (see ``data_segments``): the loader is reseeded at their starts."""
+    world_size: int
+    """Ranks of the run (the data streams depend on it)."""
+    num_workers: int
+    """DataLoader workers per rank (the order of batches depends on it)."""
+    skipped_samples: int = 0
+    """Corrupt samples skipped by the loaders so far, summed over ranks."""
+    nan_skipped_steps: int = 0
+    """Steps skipped for a NaN/inf loss (train.nan_policy=skip)."""
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    """The folder of a run's training checkpoints."""
+    return Path(output_dir) / CHECKPOINTS
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """The folder of the checkpoint after ``step`` steps."""
+    return checkpoints_dir(output_dir) / f"{PREFIX}{step}"
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    folder = checkpoints_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = complete_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint ``train.resume`` names: None, 'latest' (None if there is none), a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint folder")
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(
+            f"train.resume={resume!r}: not a complete checkpoint (no {STATE_FILE}; "
+            f"an interrupted save leaves a {TMP_SUFFIX} folder)"
+        )
+    return path
+
+
+def remove_incomplete(output_dir: str | Path) -> list[Path]:
+    """Delete what interrupted saves left behind (``.tmp`` folders, folders without a state)."""
+    folder = checkpoints_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        interrupted = path.name.endswith(TMP_SUFFIX)
+        stateless = bool(_NAME.match(path.name)) and not (path / STATE_FILE).is_file()
+        if path.is_dir() and (interrupted or stateless):
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest complete checkpoints; returns what was deleted."""
+    old = [path for _, path in complete_checkpoints(output_dir)][: -max(keep, 1)]
+    for path in old:
+        shutil.rmtree(path)
+    return old
+
+
+def read_training_state(checkpoint: str | Path) -> TrainingState:
+    """The training state of a checkpoint folder."""
+    path = Path(checkpoint) / STATE_FILE
+    values = json.loads(path.read_text())
+    if values.pop("format", None) != STATE_FORMAT:
+        raise ValueError(f"{path}: not a {STATE_FORMAT} file")
+    return TrainingState(**values)
+
+
+def _write_json(path: Path, values: dict) -> None:
+    """Write a JSON file."""
+    path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's files (recursively) and the folder to disk: a rename must publish data."""
+    for path in folder.iterdir():
+        if path.is_dir():
+            sync_folder(path)
+        elif path.is_file():
+            with path.open("rb") as stream:
+                os.fsync(stream.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# The trained weights: only what trains (and the added layers' buffers), as safetensors.
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """State dict entries that a checkpoint must hold: trained parameters, added layers."""
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {
+        name: value.detach().contiguous()
+        for name, value in model.state_dict().items()
+        if name in trained or not name.startswith("unet.")
+    }
+
+
+class TrainableWeightsHooks:
+    """accelerate save/load hooks: the model goes to trainable.safetensors (only what trains)."""
+
+    def __init__(self, model: nn.Module, is_main_process: bool) -> None:
+        self.model = model  # unwrapped
+        self.is_main_process = is_main_process
+
+    def save(self, models: list, weights: list, output_dir: str) -> None:
+        """Write the trained weights ourselves and leave accelerate nothing to write."""
+        weights.clear()
+        if self.is_main_process:
+            save_file(trainable_state_dict(self.model), Path(output_dir) / WEIGHTS_FILE)
+
+    def load(self, models: list, input_dir: str) -> None:
+        """Load the trained weights, checked against the model, and keep accelerate from it."""
+        models.clear()
+        path = Path(input_dir) / WEIGHTS_FILE
+        weights = load_file(path)
+        check_weights(trainable_state_dict(self.model), weights, str(path))
+        self.model.load_state_dict(weights, strict=False)
+
+
+def register_weight_hooks(accelerator: Accelerator, model: nn.Module) -> None:
+    """Make accelerator.save_state/load_state store only the trained weights, as safetensors."""
+    hooks = TrainableWeightsHooks(model, accelerator.is_main_process)
+    accelerator.register_save_state_pre_hook(hooks.save)
+    accelerator.register_load_state_pre_hook(hooks.load)
+
+
+# Saving and loading.
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    config: Config,
+    state: TrainingState,
+    data_position: dict,
+    ema_state: dict[str, Tensor] | None = None,
+) -> Path:
+    """Write checkpoint-<step>/ atomically (all ranks call this); returns its folder."""
+    final = checkpoint_path(config.train.output_dir, state.step)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    _write_json(tmp / f"data-rank{accelerator.process_index}.json", data_position)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema_state is not None:
+            save_file(ema_state, tmp / EMA_FILE)
+        save_config(config, tmp / "config.json")
+        _write_json(tmp / STATE_FILE, {"format": STATE_FORMAT, **dataclasses.asdict(state)})
+        sync_folder(tmp)
+        if final.exists():  # left by a run resumed from an earlier checkpoint: superseded
+            stale = final.with_name(final.name + ".stale" + TMP_SUFFIX)
+            os.replace(final, stale)
+            shutil.rmtree(stale)
+        os.replace(tmp, final)
+        prune_checkpoints(config.train.output_dir, config.train.checkpoints_keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> TrainingState:
+    """Restore model, optimizer and RNG states (all ranks); returns the training state."""
+    accelerator.load_state(str(checkpoint))
+    return read_training_state(checkpoint)
+
+
+def load_ema_state(checkpoint: Path) -> dict[str, Tensor] | None:
+    """The EMA weights of a checkpoint, or None when it has none."""
+    path = Path(checkpoint) / EMA_FILE
+    return load_file(path) if path.is_file() else None

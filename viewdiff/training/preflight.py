@@ -1,0 +1,139 @@
+"""Everything a run needs, checked before any compute: a problem exits 2 with a message naming it.
+
+``check_inputs`` reads files only (no model is built, no batch decoded): the training values of
+the config, the shards, the base pipeline folder and the checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import torch
+
+from viewdiff.config import Config, ConfigError, ModelConfig, read_config_json
+from viewdiff.data.stream import shard_urls
+from viewdiff.training.checkpoints import checkpoints_dir, complete_checkpoints, resolve_resume
+
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# How the model runs, not what it is: may differ between a checkpoint and the run resuming it.
+RUNTIME_MODEL_FIELDS = ("attention_backend", "projection_checkpointing")
+_URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # pipe:, http://, s3://, gs://, ...
+
+
+class InputError(ValueError):
+    """A config value or input (shards, base model, checkpoint) that a run cannot start from."""
+
+
+def check_train_values(config: Config) -> None:
+    """Refuse training values that cannot run, naming the key."""
+    train, data = config.train, config.data
+    at_least_one = {
+        "train.max_steps": train.max_steps,
+        "train.batch_size": train.batch_size,
+        "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train.checkpoint_every": train.checkpoint_every,
+        "train.checkpoints_keep": train.checkpoints_keep,
+        "train.log_every": train.log_every,
+        "data.n_views": data.n_views,
+    }
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise InputError(f"{key} must be at least 1, got {value}")
+    for key in ("validate_every", "export_every", "lr_warmup_steps", "image_condition_views"):
+        if getattr(train, key) < 0:
+            raise InputError(f"train.{key} must be >= 0, got {getattr(train, key)}")
+    for key in ("prompt_dropout", "image_condition_prob"):
+        if not 0.0 <= getattr(train, key) <= 1.0:
+            raise InputError(f"train.{key} must be in [0, 1], got {getattr(train, key)}")
+    if not 0.0 <= train.ema_decay < 1.0:
+        raise InputError(f"train.ema_decay must be in [0, 1), got {train.ema_decay}")
+    if data.image_size % 8:
+        raise InputError(
+            f"data.image_size must be a multiple of 8 (the VAE), got {data.image_size}"
+        )
+    if train.validate_every and train.validation_inference_steps < 1:
+        raise InputError("train.validation_inference_steps must be at least 1")
+    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("train.mixed_precision=fp16 needs a CUDA device; use bf16 or no on a CPU")
+
+
+def check_shards(config: Config) -> None:
+    """The shards of ``data.shards`` exist (a folder with a complete manifest, or the files)."""
+    data = config.data
+    try:
+        urls = shard_urls(data.shards, data.image_size, data.categories)
+    except (OSError, ValueError) as error:
+        raise InputError(f"data.shards={data.shards!r}: {error}") from None
+    if Path(data.shards).is_dir():
+        return
+    # Local files named by a path or brace pattern must exist; URLs are the loader's business.
+    missing = [url for url in urls if not _URL_SCHEME.match(url) and not Path(url).is_file()]
+    if missing:
+        raise InputError(
+            f"data.shards={data.shards!r}: no such shard folder or file: {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+
+
+def check_base_model(model: ModelConfig) -> None:
+    """A local base pipeline folder has every part; a hub id is checked when it loads."""
+    name = model.pretrained_model
+    path = Path(name).expanduser()
+    if path.is_dir():
+        missing = [part for part in PIPELINE_PARTS if not (path / part).is_dir()]
+        if missing:
+            raise InputError(
+                f"model.pretrained_model={name!r}: not a Stable Diffusion pipeline folder: "
+                f"no {missing[0]}/ in it (expected {', '.join(p + '/' for p in PIPELINE_PARTS)})"
+            )
+        if not (path / "unet" / "config.json").is_file():
+            raise InputError(f"model.pretrained_model={name!r}: no unet/config.json in it")
+        return
+    # A hub id is 'owner/name'; anything else that is not a folder is a mistyped path.
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise InputError(
+            f"model.pretrained_model={name!r}: no such pipeline folder (and not a hub id "
+            "'owner/name'); build a tiny one with `python -m viewdiff.tiny DIR`"
+        )
+
+
+def check_resume_config(checkpoint: Path, config: Config) -> None:
+    """The checkpoint was trained with the same model and mode as this run."""
+    saved_path = checkpoint / "config.json"
+    try:
+        saved = read_config_json(saved_path)
+    except ConfigError as error:
+        raise InputError(str(error)) from None
+    runtime = {name: getattr(config.model, name) for name in RUNTIME_MODEL_FIELDS}
+    differs = [
+        f"model.{f.name}: checkpoint {getattr(saved.model, f.name)!r}, "
+        f"now {getattr(config.model, f.name)!r}"
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in runtime and getattr(saved.model, f.name) != getattr(config.model, f.name)
+    ]
+    if saved.train.mode != config.train.mode:
+        differs.append(f"train.mode: checkpoint {saved.train.mode!r}, now {config.train.mode!r}")
+    if differs:
+        raise InputError(f"{saved_path}: cannot resume with another model: {'; '.join(differs)}")
+
+
+def check_inputs(config: Config) -> Path | None:
+    """Check a run's inputs; returns the checkpoint to resume from (None: start fresh)."""
+    check_train_values(config)
+    check_shards(config)
+    check_base_model(config.model)
+    try:
+        checkpoint = resolve_resume(config.train.resume, config.train.output_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    if config.train.resume is None and complete_checkpoints(config.train.output_dir):
+        # A fresh run among an earlier run's checkpoints would later resume from theirs.
+        raise InputError(
+            f"train.resume=null but {checkpoints_dir(config.train.output_dir)} holds checkpoints "
+            "of an earlier run: resume it (train.resume=latest), or use another train.output_dir"
+        )
+    if checkpoint is not None:
+        check_resume_config(checkpoint, config)
+    return checkpoint

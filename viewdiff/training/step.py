@@ -1,0 +1,133 @@
+"""One optimiser step: G micro-batches forward and backward, clip, update (or skip), EMA.
+
+Randomness: every micro-batch draws its prompt dropout, VAE posterior sample, timesteps, clean
+views and noise from its own CPU generator seeded by (train.seed, rank, step, micro-batch), so a
+step's draws depend on nothing that came before it and a resumed run repeats them exactly.
+
+Non-finite losses: the loss is averaged over micro-batches and ranks, so every rank sees the
+same value and takes the same decision at the same step. A NaN/inf loss (or, except under fp16
+whose GradScaler handles overflows itself, a non-finite gradient norm) either stops the run
+(``NonFiniteLossError``; nothing is saved, the last checkpoint stays the last good one) or skips
+the update (``train.nan_policy=skip``): gradients dropped, the step counted as done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from viewdiff.config import TrainConfig
+from viewdiff.diffusion import diffusion_sample, generated_views_mse
+from viewdiff.training.base_pipeline import BasePipeline
+from viewdiff.training.batches import model_inputs
+from viewdiff.training.ema import EMA
+from viewdiff.training.optim import set_learning_rates, trained_parameters
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/inf loss under train.nan_policy=stop."""
+
+
+@dataclass
+class TrainingParts:
+    """What a training step works with (model and optimizer as accelerate prepared them)."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    base: BasePipeline
+    alphas_cumprod: Tensor
+    prediction_type: str
+    train: TrainConfig
+    ema: EMA | None = None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one optimiser step did."""
+
+    loss: float
+    """Loss averaged over micro-batches and ranks."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    skipped: bool
+    """True when the update was skipped for a non-finite loss."""
+    views: int
+    """Views trained on by this rank (B x N x G)."""
+
+
+def step_generator(seed: int, rank: int, step: int, micro_batch: int) -> torch.Generator:
+    """The CPU generator of one micro-batch of one step of one rank."""
+    text = f"viewdiff-step/{seed}/{rank}/{step}/{micro_batch}".encode()
+    return torch.Generator().manual_seed(
+        int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+    )
+
+
+def micro_batch_loss(parts: TrainingParts, batch: dict, generator: torch.Generator) -> Tensor:
+    """The diffusion loss of one micro-batch (ViewDiff Sec. 3.3, see ``viewdiff.diffusion``)."""
+    train = parts.train
+    inputs = model_inputs(
+        batch, parts.base, parts.accelerator.device, train.prompt_dropout, generator
+    )
+    sample = diffusion_sample(
+        inputs.latents,
+        inputs.n_views,
+        parts.alphas_cumprod,
+        parts.prediction_type,
+        train.image_condition_prob,
+        train.image_condition_views,
+        generator,
+    )
+    prediction = parts.model(
+        sample.noisy_latents,
+        sample.timesteps,
+        inputs.encoder_hidden_states,
+        inputs.K,
+        inputs.w2c,
+        inputs.pose_features,
+        n_views=inputs.n_views,
+        image_size_hw=inputs.image_size_hw,
+    )  # (B*N, 4, h, w)
+    return generated_views_mse(prediction, sample.target, sample.generated)
+
+
+def train_step(parts: TrainingParts, batches: list[dict], step: int) -> StepOutcome:
+    """Accumulate the micro-batches' gradients, then update once (all ranks in lockstep)."""
+    accelerator, optimizer, train = parts.accelerator, parts.optimizer, parts.train
+    set_learning_rates(optimizer, step, train.lr_warmup_steps)
+    losses = []
+    for micro_batch, batch in enumerate(batches):
+        generator = step_generator(train.seed, accelerator.process_index, step, micro_batch)
+        # accelerate scales the loss by 1/G and synchronises gradients on the last micro-batch.
+        with accelerator.accumulate(parts.model):
+            loss = micro_batch_loss(parts, batch, generator)
+            accelerator.backward(loss)
+        losses.append(loss.detach())
+    mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+    max_norm = train.max_grad_norm if train.max_grad_norm > 0 else math.inf
+    grad_norm = float(accelerator.clip_grad_norm_(trained_parameters(optimizer), max_norm))
+    views = sum(batch["images"].shape[0] * batch["images"].shape[1] for batch in batches)
+    finite = math.isfinite(mean_loss) and (
+        math.isfinite(grad_norm) or accelerator.mixed_precision == "fp16"
+    )
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        if train.nan_policy == "stop":
+            what = (
+                f"non-finite loss {mean_loss}"
+                if not math.isfinite(mean_loss)
+                else f"non-finite gradient norm {grad_norm} (loss {mean_loss:.4g})"
+            )
+            raise NonFiniteLossError(f"step {step + 1}: {what}; stopping (train.nan_policy=stop)")
+        return StepOutcome(mean_loss, grad_norm, skipped=True, views=views)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if parts.ema is not None:
+        parts.ema.update()
+    return StepOutcome(mean_loss, grad_norm, skipped=False, views=views)
