@@ -13,6 +13,10 @@ DEMO ?= runs/demo
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Tiny models gain nothing from more threads, and on a busy 2-core machine torch's default of one
+# thread per core (times the test's worker processes) oversubscribes it: 100x slower steps seen.
+export OMP_NUM_THREADS ?= 1
+
 .PHONY: test demo lint format clean-demo
 
 $(STAMP): pyproject.toml
@@ -43,10 +47,15 @@ demo: $(STAMP)
 	$(BIN)/python data/prepare_co3d.py --co3d-root $(DEMO)/co3d --out $(DEMO)/shards --size 64 \
 		--max-frames 12 --samples-per-shard 4
 	$(BIN)/python data/preview_batch.py --shards $(DEMO)/shards --out $(DEMO)/batch.png --n-views 4
+	rm -rf $(DEMO)/train
+	HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/tiny_cpu.yaml \
+		model.pretrained_model=$(DEMO)/tiny-sd data.shards=$(DEMO)/shards \
+		train.output_dir=$(DEMO)/train
 	$(BIN)/python infer.py cameras --out $(DEMO)/cameras --views 8 --image-size 128
 	@echo "demo: tiny pipeline $(DEMO)/tiny-sd, config $(DEMO)/config.yaml," \
 		"synthetic CO3D $(DEMO)/co3d, shards $(DEMO)/shards, a batch $(DEMO)/batch.png," \
-		"cameras $(DEMO)/cameras/"
+		"cameras $(DEMO)/cameras/, training $(DEMO)/train (export $(DEMO)/train/model," \
+		"grids $(DEMO)/train/validation, tensorboard --logdir $(DEMO)/train/logs)"
 
 clean-demo:
 	rm -rf $(DEMO)
