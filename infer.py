@@ -4,11 +4,16 @@ Commands:
   cameras   write an orbit trajectory (or check a cameras.json) and draw the object box from
             every view, to see where the cameras look before spending GPU time on them
   render    render a 3D Gaussian scene (3DGS PLY) around an orbit: PNG frames, GIF/MP4, cameras
+  sample    generate posed views of objects from text (one batch, or a sliding window for
+            many views): PNGs, a grid, a turntable GIF/MP4 and cameras.json
+  condition generate novel views of the object in one or more input images, same outputs
+  eval      novel-view synthesis on held-out shards: PSNR/SSIM with and without masks
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,9 +21,25 @@ import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.config import SampleConfig
+from viewdiff.inference.autoregressive import check_sample_config, generate_views
+from viewdiff.inference.evaluate import format_table, write_results
+from viewdiff.inference.heldout import check_heldout_shards, evaluate_heldout
+from viewdiff.inference.inputs import load_given_views, load_single_view
+from viewdiff.inference.load import ExportInfo, MultiViewPrior, load_export, read_export
+from viewdiff.inference.outputs import object_folder_name, read_prompts, save_generation
+from viewdiff.inference.trajectory import (
+    Trajectory,
+    default_input_camera,
+    orbit_trajectory,
+    read_trajectory,
+)
+from viewdiff.sampling import SCHEDULERS
 from viewdiff.scene.gaussians import read_gaussian_ply
 from viewdiff.scene.turntable import mp4_available, render_turntable, save_turntable
 from viewdiff.visualize import draw_box_views, image_grid
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_cameras_command(commands: argparse._SubParsersAction) -> None:
@@ -99,6 +120,219 @@ def run_render(args: argparse.Namespace) -> None:
         print("no MP4: it needs `pip install imageio-ffmpeg`; wrote the GIF only")
 
 
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that generates: the export, the sampler, device and output."""
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="inference export (<output_dir>/model)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    sampler = parser.add_argument_group("sampler (defaults: the export's sample.* config)")
+    sampler.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (unipc)")
+    sampler.add_argument("--steps", type=int, help="denoising steps (10)")
+    sampler.add_argument("--guidance", type=float, help="guidance with no view given (7.5)")
+    sampler.add_argument("--image-guidance", type=float, help="guidance with views given (1)")
+    sampler.add_argument("--window", type=int, help="new views per joint batch (10)")
+    sampler.add_argument("--max-conditions", type=int, help="views given clean per batch (20)")
+    sampler.add_argument("--intensity-stats", choices=("zero", "known"), help="(zero)")
+    sampler.add_argument("--seed", type=int, help="seed of the noise (0); prompt i: seed + i")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype")
+    parser.add_argument("--fps", type=float, default=10.0, help="frames per second of GIF/MP4")
+
+
+def add_trajectory_arguments(parser: argparse.ArgumentParser, cameras_flag: str) -> None:
+    """The cameras of the generated views: an orbit, or a cameras.json file."""
+    group = parser.add_argument_group("trajectory (an orbit around the object box, or a file)")
+    group.add_argument(cameras_flag, type=Path, help="cameras.json of the views to generate")
+    group.add_argument("--views", type=int, default=8, help="views on the orbit")
+    group.add_argument("--elevation", type=float, help="degrees above the object (30)")
+    group.add_argument("--radius", type=float, help="distance to the box centre (4)")
+    group.add_argument("--fov", type=float, default=48.0, help="horizontal field of view, degrees")
+    group.add_argument("--start-azimuth", type=float, default=0.0, help="first view, degrees")
+    group.add_argument("--image-size", type=int, help="square side (the export's data.image_size)")
+
+
+def sample_settings(args: argparse.Namespace, export: ExportInfo) -> SampleConfig:
+    """The export's sample config with the command line's choices on top, checked."""
+    chosen = {
+        "scheduler": args.scheduler,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "image_guidance_scale": args.image_guidance,
+        "window_views": args.window,
+        "max_conditions": args.max_conditions,
+        "intensity_stats": args.intensity_stats,
+        "seed": args.seed,
+        "elevation_deg": getattr(args, "elevation", None),
+        "radius": getattr(args, "radius", None),
+    }
+    settings = dataclasses.replace(
+        export.config.sample, **{key: value for key, value in chosen.items() if value is not None}
+    )
+    check_sample_config(settings)
+    return settings
+
+
+def trajectory_of(
+    args: argparse.Namespace, file: Path | None, export: ExportInfo, settings: SampleConfig
+) -> Trajectory:
+    """The cameras to generate: the file's, or an orbit with the settings' elevation/radius."""
+    if file is not None:
+        return read_trajectory(file)
+    size = args.image_size or export.config.data.image_size
+    return orbit_trajectory(
+        args.views, settings.elevation_deg, settings.radius, size, args.fov, args.start_azimuth
+    )
+
+
+def load_prior(args: argparse.Namespace) -> MultiViewPrior:
+    """The export on the chosen device, in the chosen dtype."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_export(args.checkpoint, device, DTYPES[args.dtype])
+
+
+def generation_info(
+    args: argparse.Namespace, command: str, export: ExportInfo, settings: SampleConfig, **extra
+) -> dict:
+    """What made a generation: written as generation.json beside it."""
+    return {
+        "command": command,
+        "checkpoint": str(args.checkpoint),
+        "export_step": export.step,
+        "sample": dataclasses.asdict(settings),
+        **extra,
+    }
+
+
+def add_sample_command(commands: argparse._SubParsersAction) -> None:
+    """``infer.py sample``: views of objects described by text, on a trajectory."""
+    parser = commands.add_parser("sample", help="generate posed views from text")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="one text prompt")
+    prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts generated together")
+    add_trajectory_arguments(parser, "--cameras")
+    add_generation_arguments(parser)
+    parser.set_defaults(run=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    """Generate every prompt's views; one folder per prompt (``--out`` itself for --prompt)."""
+    export = read_export(args.checkpoint)  # everything is checked before any model is built
+    settings = sample_settings(args, export)
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    trajectory = trajectory_of(args, args.cameras, export, settings)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    prior = load_prior(args)
+    for start in range(0, len(prompts), args.batch_size):
+        batch = list(enumerate(prompts))[start : start + args.batch_size]
+        seeds = [settings.seed + index for index, _ in batch]
+        images = generate_views(prior, [p for _, p in batch], trajectory, settings, seeds)
+        for (index, prompt), views, seed in zip(batch, images, seeds, strict=True):
+            out = (
+                args.out
+                if args.prompt is not None
+                else args.out / object_folder_name(index, prompt)
+            )
+            info = generation_info(args, "sample", export, settings, prompt=prompt, seed=seed)
+            save_generation(out, views, trajectory, info, fps=args.fps)
+            print(
+                f"{prompt!r}: {len(trajectory)} views in {out}/ (grid.png, turntable, cameras.json)"
+            )
+
+
+def add_condition_command(commands: argparse._SubParsersAction) -> None:
+    """``infer.py condition``: novel views of the object in one or more input images."""
+    parser = commands.add_parser("condition", help="generate novel views from input images")
+    parser.add_argument("--images", type=Path, nargs="+", required=True, help="input views")
+    parser.add_argument(
+        "--cameras", type=Path, help="cameras.json of the input images (one image: optional)"
+    )
+    parser.add_argument("--prompt", default="", help="text prompt (default: none)")
+    add_trajectory_arguments(parser, "--trajectory")
+    add_generation_arguments(parser)
+    parser.set_defaults(run=run_condition)
+
+
+def given_views(
+    args: argparse.Namespace, trajectory: Trajectory, settings: SampleConfig
+) -> tuple[torch.Tensor, Trajectory]:
+    """The input images and their cameras at the trajectory's image size."""
+    if args.cameras is not None:
+        return load_given_views(
+            args.images, read_trajectory(args.cameras), trajectory.image_size_hw
+        )
+    if len(args.images) != 1:
+        raise ValueError(f"{len(args.images)} input images need their cameras: --cameras FILE")
+    height, width = trajectory.image_size_hw
+    if height != width:
+        raise ValueError("a single image without cameras needs a square trajectory")
+    camera = default_input_camera(settings.elevation_deg, settings.radius, height, args.fov)
+    return load_single_view(args.images[0], camera)
+
+
+def run_condition(args: argparse.Namespace) -> None:
+    """Generate the trajectory's views with the input images given clean."""
+    export = read_export(args.checkpoint)
+    settings = sample_settings(args, export)
+    trajectory = trajectory_of(args, args.trajectory, export, settings)
+    images, cameras = given_views(args, trajectory, settings)
+    prior = load_prior(args)
+    views = generate_views(
+        prior, [args.prompt], trajectory, settings, [settings.seed], images, cameras
+    )[0]
+    inputs = [str(path) for path in args.images]
+    info = generation_info(
+        args, "condition", export, settings, prompt=args.prompt, seed=settings.seed, inputs=inputs
+    )
+    save_generation(args.out, views, trajectory, info, images, cameras, fps=args.fps)
+    print(f"{len(images)} input views -> {len(trajectory)} novel views in {args.out}/")
+
+
+def add_eval_command(commands: argparse._SubParsersAction) -> None:
+    """``infer.py eval``: novel-view synthesis on held-out shards, PSNR and SSIM."""
+    parser = commands.add_parser("eval", help="PSNR/SSIM of novel views on held-out shards")
+    parser.add_argument("--shards", required=True, help="held-out shard folder or URL pattern")
+    parser.add_argument("--known", type=int, default=1, help="true views given per object")
+    parser.add_argument("--views", type=int, help="views per object (the export's data.n_views)")
+    parser.add_argument("--max-objects", type=int, help="stop after this many objects")
+    parser.add_argument("--categories", nargs="+", help="default: the export's data.categories")
+    parser.add_argument(
+        "--view-sampling", choices=("random", "spread"), default="random", help="which N views"
+    )
+    add_generation_arguments(parser)
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    """Evaluate, write eval.json and compare/*.png, print the table."""
+    export = read_export(args.checkpoint)
+    settings = sample_settings(args, export)
+    data = dataclasses.replace(
+        export.config.data,
+        shards=str(args.shards),
+        n_views=args.views or export.config.data.n_views,
+        categories=tuple(args.categories or export.config.data.categories),
+        view_sampling=args.view_sampling,
+        num_workers=0,
+        shuffle_buffer=1,
+    )
+    check_heldout_shards(data)  # a wrong --shards fails now
+    if not 0 <= args.known < data.n_views:
+        raise ValueError(f"--known must be in [0, {data.n_views}) for {data.n_views} views")
+    prior = load_prior(args)
+    results = evaluate_heldout(
+        prior, data, args.known, settings, args.out, args.max_objects, settings.seed
+    )
+    document = {"checkpoint": str(args.checkpoint), "known": args.known, "n_views": data.n_views}
+    write_results(
+        args.out / "eval.json", results, {**document, "sample": dataclasses.asdict(settings)}
+    )
+    print(format_table(results))
+    print(f"eval.json and compare/*.png in {args.out}/")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(
@@ -107,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     add_cameras_command(commands)
     add_render_command(commands)
+    add_sample_command(commands)
+    add_condition_command(commands)
+    add_eval_command(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)

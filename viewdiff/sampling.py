@@ -4,8 +4,9 @@
 N views (rows b*N .. b*N+N-1), every view with its own camera and its own timestep: views given
 as image conditions sit clean at t = 0 in every call (as in training), their latents are the
 VAE encodings and are never changed; the others are denoised together at the scheduler's t.
-Classifier-free guidance (Ho & Salimans 2022, eq. 6) drops the text and keeps the cameras:
-``pred = uncond + w (cond - uncond)``; with w = 1 only the conditional branch is computed.
+Classifier-free guidance (Ho & Salimans 2022, eq. 6, whose w is our w - 1) drops the text and
+keeps the cameras: ``pred = uncond + w (cond - uncond)``; with w = 1 only the conditional branch
+is computed.
 
 ``sample_views`` wraps it for text (and first-M-views) conditioning: encode, draw noise,
 denoise, decode. The autoregressive sliding window over 100+ views is built on
@@ -118,7 +119,7 @@ def ddim_scheduler(noise_scheduler_config: dict[str, Any]) -> DDIMScheduler:
 
 
 def guided_prediction(uncond: Tensor, cond: Tensor, guidance_scale: float) -> Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): uncond + w (cond - uncond)."""
+    """Classifier-free guidance: uncond + w (cond - uncond) (Ho & Salimans eq. 6 with w - 1)."""
     return uncond + guidance_scale * (cond - uncond)
 
 
@@ -191,7 +192,9 @@ def denoise_views(
             "expected (B, N, ...) latents and cameras and B prompts"
         )
     device, dtype = c.K.device, model.unet.dtype
-    if known is None or clean is None:
+    if (known is None) != (clean is None):
+        raise ValueError("views given clean need both `known` and their `clean` latents")
+    if known is None:
         known, clean = torch.zeros(n_objects, n_views, dtype=torch.bool), torch.zeros_like(noise)
     known = known.to(device).flatten()  # (B*N,)
     given, clean = known[:, None, None, None], _rows(clean).to(device, torch.float32)
