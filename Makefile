@@ -52,10 +52,16 @@ demo: $(STAMP)
 		model.pretrained_model=$(DEMO)/tiny-sd data.shards=$(DEMO)/shards \
 		train.output_dir=$(DEMO)/train
 	$(BIN)/python infer.py cameras --out $(DEMO)/cameras --views 8 --image-size 128
+	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(DEMO)/train/model \
+		--prompt "a red box" --views 8 --out $(DEMO)/sample
+	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(DEMO)/train/model \
+		--prompt "a red box" --views 36 --window 8 --max-conditions 8 --out $(DEMO)/turntable
 	@echo "demo: tiny pipeline $(DEMO)/tiny-sd, config $(DEMO)/config.yaml," \
 		"synthetic CO3D $(DEMO)/co3d, shards $(DEMO)/shards, a batch $(DEMO)/batch.png," \
 		"cameras $(DEMO)/cameras/, training $(DEMO)/train (export $(DEMO)/train/model," \
-		"grids $(DEMO)/train/validation, tensorboard --logdir $(DEMO)/train/logs)"
+		"grids $(DEMO)/train/validation, tensorboard --logdir $(DEMO)/train/logs)," \
+		"a sample $(DEMO)/sample/ (views/, grid.png, cameras.json) and a 36-view turntable" \
+		"$(DEMO)/turntable/turntable.mp4 (.gif) in 5 sliding windows"
 
 clean-demo:
 	rm -rf $(DEMO)
