@@ -9,6 +9,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,13 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from viewdiff.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd"), size="tiny", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: tiny models gain nothing from more, and on a shared 2-core
+    machine threads that wait for each other at every small op made steps 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

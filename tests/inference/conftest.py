@@ -20,15 +20,6 @@ from viewdiff.training.export import export_model
 MODEL = ModelConfig(pose_lora_rank=4, projection_channels=8, voxel_grid_size=8, render_samples=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(nn.Module):
     """A multi-view UNet that records what every call receives."""
 

@@ -26,15 +26,6 @@ CONFIG = ModelConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def inputs(objects: int = 2, n_views: int = 3, seed: int = 0) -> dict:
     """Random latents/text/timesteps and orbit cameras for objects x views, 64 px images."""
     generator = torch.Generator().manual_seed(seed)

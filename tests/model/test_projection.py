@@ -18,15 +18,6 @@ from viewdiff.model.voxel_grid import (
 SIZE = 16  # feature maps of SIZE x SIZE pixels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cameras(n_views: int = 3, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """K (N, 3, 3), w2c (N, 4, 4): an orbit around the object box, radius 3."""
     w2c = orbit(n_views, elevation_deg=20.0, radius=3.0)

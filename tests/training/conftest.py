@@ -20,15 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run in-process training on one intra-op thread, as the subprocess runs do."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _shards(out: Path, categories: tuple[str, ...], seed: int) -> Path:
     """Synthetic CO3D objects (one sequence of 8 frames per category) packed into 64 px shards."""
     root = make_synthetic_dataset(out / "co3d", categories, 1, 8, (96, 72), seed=seed, points=500)
