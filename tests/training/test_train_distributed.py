@@ -59,7 +59,8 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(
     # torchrun reports its workers' status 3 as a failure of its own (exit 1).
     assert process.wait(timeout=240) != 0
     text = log.read_text()
-    assert f"exitcode  : {PREEMPTED_EXIT_CODE} (pid: {signal_to})" in text
+    # The first worker to finish reports 3; torchrun may stop the other before it reports its own.
+    assert f"exitcode  : {PREEMPTED_EXIT_CODE} (pid:" in text, text[-3000:]
     (step, checkpoint), *_ = reversed(complete_checkpoints(out))
     assert 2 < step < 500, text[-3000:]
     assert f"stop requested (a signal on another rank): checkpoint {checkpoint}" in text
