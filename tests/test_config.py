@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from viewdiff import config as cfg
+from viewdiff.strict_config import describe_fields, field_docs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -24,13 +25,13 @@ def all_sections(cls=cfg.Config):
 
 def test_every_field_is_documented():
     for section in all_sections():
-        docs = cfg.field_docs(section)
+        docs = field_docs(section)
         missing = [f.name for f in dataclasses.fields(section) if not docs.get(f.name)]
         assert not missing, f"{section.__name__} fields without a docstring: {missing}"
 
 
 def test_help_lists_every_key_with_its_documentation():
-    text = "\n".join(cfg.describe_fields())
+    text = "\n".join(describe_fields(cfg.Config))
     assert "train.learning_rate (float, default 5e-05)" in text
     assert "AdamW learning rate of the UNet" in text
     assert "train.mixed_precision ('no' | 'fp16' | 'bf16', default 'no')" in text

@@ -5,27 +5,23 @@ a YAML preset (``--config configs/x.yaml``) that may only set known keys, and ``
 overrides from the command line. The resolved config is written as JSON into every run folder
 and every export, and loads back to an equal object.
 
-The string under each field is its documentation: ``--help`` prints it.
+The string under each field is its documentation: ``--help`` prints it. How presets and
+overrides are checked lives in ``viewdiff.strict_config``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import difflib
-import functools
-import inspect
 import json
-import re
-import textwrap
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
+
+from viewdiff.strict_config import ConfigError, apply_override, build, describe_fields, read_yaml
 
 # The schema: every section and field, with its default and its documentation.
 
@@ -265,161 +261,6 @@ class Config:
     """Generation with the trained prior (infer.py)."""
 
 
-# Loading and checking.
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not match the schema."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loader that reads 5e-5 as a float (YAML 1.2) and refuses duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-# PyYAML follows YAML 1.1, where a float needs a dot: without this, `lr: 5e-5` is a string.
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The documentation string written under each field of a dataclass."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = inspect.cleandoc(after.value.value)
-    return docs
-
-
-def _type_name(tp: Any) -> str:
-    """Short readable name of a field type, for messages and --help."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin is tuple:
-        return f"tuple[{_type_name(get_args(tp)[0])}, ...]"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the field type ``tp``; return it as the dataclass stores it."""
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: {key} is a section; expected a mapping, got {value!r}")
-        return _build(tp, value, source, prefix=f"{key}.")
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in get_args(tp):
-            return None
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return _check_value(value, inner, key, source)
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-    elif origin is tuple:
-        if isinstance(value, list | tuple):
-            item_type = get_args(tp)[0]
-            return tuple(
-                _check_value(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)
-            )
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, tp):
-        return value
-    raise ConfigError(f"{source}: {key} expects {_type_name(tp)}, got {value!r}")
-
-
-def _unknown_key(cls: type, name: str, prefix: str, source: str) -> ConfigError:
-    """Error for a key that is not a field of ``cls``, with the closest known keys."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    close += [n for n in names if name.lower() in n and n not in close][: 3 - len(close)]
-    if close:
-        hint = "did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
-    else:
-        hint = f"known keys here: {', '.join(names)}"
-    return ConfigError(f"{source}: unknown key '{prefix}{name}'; {hint}")
-
-
-def _build(cls: type, values: Mapping[str, Any], source: str, prefix: str = "") -> Any:
-    """Instance of the dataclass ``cls`` from a (partial) mapping, checking every key and type."""
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        if name not in hints:
-            raise _unknown_key(cls, str(name), prefix, source)
-        kwargs[name] = _check_value(value, hints[name], prefix + name, source)
-    return cls(**kwargs)
-
-
-def _parse_override(text: str, tp: Any, key: str) -> Any:
-    """The value of ``key=text`` read as the field's type (strings stay verbatim)."""
-    if get_origin(tp) in (Union, types.UnionType):
-        if text in ("null", "None", "~"):
-            return None
-        (tp,) = [a for a in get_args(tp) if a is not type(None)]
-    if tp is str or (get_origin(tp) is Literal and all(isinstance(a, str) for a in get_args(tp))):
-        return text
-    if get_origin(tp) is tuple and not text.startswith("["):
-        # `data.categories=teddybear,hydrant` reads as a list; an empty value as ().
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        return [_parse_override(item, get_args(tp)[0], key) for item in items]
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"override {key}={text}: not a valid value ({error})") from None
-
-
-def _apply_override(values: dict[str, Any], override: str) -> None:
-    """Set one ``section.key=value`` in the nested dict ``values`` of a Config."""
-    source = f"override '{override}'"
-    key, sep, text = override.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"{source}: expected key=value, e.g. train.learning_rate=1e-4")
-    cls, node, parts = Config, values, key.strip().split(".")
-    for depth, name in enumerate(parts):
-        hints = get_type_hints(cls)
-        if name not in hints:
-            raise _unknown_key(cls, name, ".".join(parts[:depth]) + "." if depth else "", source)
-        if depth == len(parts) - 1:
-            if dataclasses.is_dataclass(hints[name]):
-                raise ConfigError(f"{source}: '{key}' is a section; set one of its keys")
-            value = _parse_override(text.strip(), hints[name], key)
-            node[name] = _check_value(value, hints[name], key, source)
-        elif not dataclasses.is_dataclass(hints[name]):
-            raise ConfigError(f"{source}: '{'.'.join(parts[: depth + 1])}' has no sub-keys")
-        else:
-            cls, node = hints[name], node[name]
-
-
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Nested plain dict of a config (tuples become lists), ready for JSON or YAML."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -427,26 +268,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 def config_from_dict(values: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Config from a (partial) nested mapping, checked against the schema."""
-    return _build(Config, values, source)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A preset's contents as a mapping; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        presets = sorted(str(p) for p in Path("configs").glob("*.yaml"))
-        known = f" (presets here: {', '.join(presets)})" if presets else ""
-        raise ConfigError(f"config file not found: {path}{known}")
-    try:
-        with path.open() as stream:  # a stream, so that YAML errors name the file
-            values = yaml.load(stream, Loader=_StrictLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"invalid YAML in {path}: {error}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top, got {values!r}")
-    return values
+    return build(Config, values, source)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -454,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     config = Config() if path is None else config_from_dict(read_yaml(path), source=str(path))
     values = config_to_dict(config)
     for override in overrides:
-        _apply_override(values, override)
+        apply_override(Config, values, override)
     return config_from_dict(values, source="overrides")
 
 
@@ -477,24 +299,6 @@ def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def describe_fields(cls: type = Config, prefix: str = "") -> list[str]:
-    """Lines of ``--help`` text: every key with its type, default and documentation."""
-    lines, docs, hints = [], field_docs(cls), get_type_hints(cls)
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        key, tp = prefix + f.name, hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += [f"{key}: {docs.get(f.name, '')}"]
-            lines += describe_fields(tp, prefix=f"{key}.")
-            continue
-        default = getattr(defaults, f.name)
-        lines += [
-            f"  {key} ({_type_name(tp)}, default {default!r})",
-            f"      {docs.get(f.name, '')}",
-        ]
-    return lines
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Give an entry point ``--config``, ``--print-config`` and ``key.sub=value`` overrides."""
     parser.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml)")
@@ -506,7 +310,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "config keys (set in a preset or as key.sub=value):\n" + "\n".join(
-        describe_fields()
+        describe_fields(Config)
     )
 
 
