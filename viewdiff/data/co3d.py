@@ -250,6 +250,17 @@ def list_subsets(root: str | Path, category: str) -> list[str]:
     return sorted(p.stem.removeprefix("set_lists_") for p in folder.glob("set_lists_*.json"))
 
 
+def _read_json_object(path: Path, source: str, layout: str) -> dict:
+    """A JSON file that must hold one object (``layout`` describes it in errors)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Co3dFormatError(f"{source}: not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise Co3dFormatError(f"{source}: must be a JSON object {layout}")
+    return document
+
+
 def read_set_list(
     root: str | Path, category: str, subset: str
 ) -> dict[str, list[tuple[str, int, str]]]:
@@ -260,12 +271,7 @@ def read_set_list(
         raise FileNotFoundError(
             f"{source}: no such set list; subsets of {category}: {list_subsets(root, category)}"
         )
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Co3dFormatError(f"{source}: not JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise Co3dFormatError(f"{source}: must be a JSON object {{split: [...]}}")
+    document = _read_json_object(path, source, "{split: [...]}")
     lists = {}
     for split, entries in document.items():
         if not isinstance(entries, list):
@@ -308,12 +314,7 @@ def read_captions(root: str | Path, category: str) -> dict[str, tuple[str, ...]]
     source = f"{category}/{CAPTIONS}"
     if not path.is_file():
         return {}
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Co3dFormatError(f"{source}: not JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise Co3dFormatError(f"{source}: must be a JSON object {{sequence_name: [captions]}}")
+    document = _read_json_object(path, source, "{sequence_name: [captions]}")
     captions = {}
     for name, texts in document.items():
         texts = [texts] if isinstance(texts, str) else texts
