@@ -3,8 +3,11 @@
 import hashlib
 import io
 import json
+import os
 import runpy
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -225,6 +228,23 @@ def test_command_line_with_two_worker_processes_writes_the_same_shards(co3d_root
     argv += ["--max-frames", "8", "--samples-per-shard", "3", "--workers", "2"]
     manifest = prepare["main"](argv)
     assert manifest["totals"]["samples"] == 8
+    assert digests(tmp_path) == digests(shards)
+
+
+def test_worker_processes_do_not_run_out_of_file_descriptors(co3d_root, shards, tmp_path):
+    # Through the pool's own pickler every camera tensor of every frame travelled as a
+    # shared-memory file descriptor: 10k frames ran out of them. Here 48 frames x 2 tensors
+    # are sent to workers under a limit of 64 open files in the parent.
+    script = f"""
+import resource, runpy
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+prepare = runpy.run_path({str(REPO / "data/prepare_co3d.py")!r})
+prepare["main"](["--co3d-root", {str(co3d_root)!r}, "--out", {str(tmp_path)!r}, "--size", "64",
+                 "--max-frames", "8", "--samples-per-shard", "3", "--workers", "2"])
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert digests(tmp_path) == digests(shards)
 
 

@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -397,6 +398,11 @@ def complete_shards(tasks: list[ShardTask], out_dir: Path) -> tuple[dict, list[S
     return entries, todo
 
 
+def _write_pickled_shard(task: bytes) -> dict:
+    """``write_shard`` of a task pickled by ``pickle.dumps`` (see ``write_shards``)."""
+    return write_shard(pickle.loads(task))
+
+
 def _single_thread() -> None:
     """Pool initializer: the processes are the parallelism, not torch's threads."""
     torch.set_num_threads(1)
@@ -432,7 +438,14 @@ def write_shards(
     entries, todo = complete_shards(tasks, out_dir)
     progress = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="shards", unit="shard")
     with _worker_pool(workers, len(todo)) as pool:
-        results = map(write_shard, todo) if pool is None else pool.imap_unordered(write_shard, todo)
+        if pool is None:
+            results = map(write_shard, todo)
+        else:
+            # Plain pickles: through the pool's own pickler every camera tensor of every frame
+            # would travel as a shared-memory file descriptor, and a dataset of ~10k frames ran
+            # out of them ("Too many open files").
+            tasks_bytes = [pickle.dumps(task) for task in todo]
+            results = pool.imap_unordered(_write_pickled_shard, tasks_bytes)
         for entry in results:
             entries[entry["name"]] = entry
             for message in entry["errors"][:3]:
