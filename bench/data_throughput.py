@@ -20,7 +20,8 @@ from pathlib import Path
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import ShardOptions, write_shards
 from viewdiff.data.stream import build_loader
-from viewdiff.data.synthetic import CATEGORIES, make_synthetic_dataset
+from viewdiff.data.synthetic import make_synthetic_dataset
+from viewdiff.data.synthetic_objects import CATEGORIES
 
 
 def synthetic_shards(folder: Path, sequences: int, frames: int, size: int) -> Path:

@@ -3,6 +3,10 @@
     python data/make_synthetic.py --out data/synthetic
     python data/make_synthetic.py --out DIR --categories box can ball composite \\
         --sequences 4 --frames 24 --size 160x120 --seed 0
+    python data/make_synthetic.py --out DIR --style toy --sequences 60 --size 96x96
+
+Styles: "co3d" (default) textured boxes, cans, balls and composites on a checker floor; "toy" the
+toy world's single-hue balls, boxes and cans before plain backdrops, captioned "a red ball".
 
 Each category folder gets frame/sequence annotations, set lists, eval batches, captions.json and
 synthetic_objects.json (known 3D key points); each sequence its images, masks, depths,
@@ -15,7 +19,8 @@ import argparse
 import sys
 
 from viewdiff.data.co3d import list_subsets, read_category
-from viewdiff.data.synthetic import CATEGORIES, make_synthetic_dataset
+from viewdiff.data.synthetic import make_synthetic_dataset
+from viewdiff.data.synthetic_objects import STYLES
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -33,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", required=True, help="dataset root to write into")
-    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
+    parser.add_argument("--style", choices=list(STYLES), default="co3d", help="kind of objects")
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        choices=sorted({c for categories in STYLES.values() for c in categories}),
+        help="categories of the style (default: all of them)",
+    )
     parser.add_argument("--sequences", type=int, default=2, help="sequences per category")
     parser.add_argument("--frames", type=int, default=20, help="frames per sequence")
     parser.add_argument("--size", type=parse_size, default=(160, 120), help="image WxH")
@@ -44,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = make_synthetic_dataset(
             args.out, args.categories, args.sequences, args.frames, args.size, args.seed,
-            args.points, args.overwrite,
+            args.points, args.overwrite, args.style,
         )  # fmt: skip
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
     width, height = args.size
-    for category in dict.fromkeys(args.categories):
+    for category in dict.fromkeys(args.categories or STYLES[args.style]):
         sequences, _ = read_category(root, category)
         subsets = ", ".join(list_subsets(root, category))
         print(f"{root / category}: {len(sequences)} sequences x {args.frames} frames of "

@@ -6,7 +6,7 @@ import torch
 
 from viewdiff.cameras import intrinsics_from_fov, normalize_w2c, orbit
 from viewdiff.data.raycast import Primitive, SyntheticObject, render_object, trace
-from viewdiff.data.synthetic import CATEGORIES, make_object
+from viewdiff.data.synthetic_objects import CATEGORIES, make_object
 
 SIZE_HW = (72, 96)  # non-square on purpose
 

@@ -15,15 +15,14 @@ from viewdiff.cameras import project
 from viewdiff.data.co3d import read_category, read_depth, read_mask
 from viewdiff.data.raycast import render_object
 from viewdiff.data.synthetic import (
-    CATEGORIES,
     hand_held_orbit,
-    make_object,
     make_synthetic_dataset,
     object_keypoints,
     read_synthetic_objects,
     sample_intrinsics,
     surface_points,
 )
+from viewdiff.data.synthetic_objects import CATEGORIES, make_object
 from viewdiff.ply import read_ply
 
 SIZE_HW = (72, 96)  # non-square on purpose

@@ -2,7 +2,8 @@
 
 An object is a few analytic primitives (a box, a z-axis cylinder, a sphere) in an object frame,
 placed in a world frame by a similarity transform, on a checkered ground disc in front of a
-direction-dependent backdrop. Rays meet each primitive in closed form (slab test for boxes, a
+direction-dependent backdrop (the toy world's plain objects: single-hue primitives before a
+plain gradient, no ground). Rays meet each primitive in closed form (slab test for boxes, a
 quadratic for curved sides, planes for caps), so masks and depths are exact at pixel centres.
 Textures make every side tell apart: per-face colours with face-dependent stripes and an
 off-centre marker on boxes, colour varying with azimuth plus markers on cans and balls; shading
@@ -41,6 +42,9 @@ class SyntheticObject:
     object_to_world: np.ndarray  # (4, 4) similarity: scale * rotation, translation
     background: np.ndarray  # (4, 3): ground checker colours a, b; backdrop low, high
     checker: float  # ground checker size, object units
+    # The toy world's look: single-hue primitives (palette row 0, no texture), no ground, and a
+    # plain vertical gradient from backdrop low to high (no wave): little for a VAE to learn.
+    plain: bool = False
 
     @property
     def scale(self) -> float:
@@ -167,6 +171,15 @@ def texture(prim: Primitive, points: np.ndarray, faces: np.ndarray) -> np.ndarra
     return colour
 
 
+def albedo(
+    obj: SyntheticObject, prim: Primitive, points: np.ndarray, faces: np.ndarray
+) -> np.ndarray:
+    """Albedo (N, 3) of surface points of one of the object's primitives (object frame)."""
+    if obj.plain:
+        return np.broadcast_to(prim.palette[0], (len(points), 3)).copy()
+    return texture(prim, points, faces)
+
+
 def render_object(
     obj: SyntheticObject, K: np.ndarray, w2c: np.ndarray, image_size_hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,20 +202,23 @@ def render_object(
     colour = np.zeros_like(o)
     for i, prim in enumerate(obj.primitives):
         hit = index == i
-        albedo = texture(prim, o[hit] + t[hit, None] * d[hit], faces[hit])
-        colour[hit] = albedo * (0.6 + 0.4 * np.clip(normals[hit] @ _LIGHT, 0.0, None))[:, None]
+        base = albedo(obj, prim, o[hit] + t[hit, None] * d[hit], faces[hit])
+        colour[hit] = base * (0.6 + 0.4 * np.clip(normals[hit] @ _LIGHT, 0.0, None))[:, None]
     # The ground: a checkered disc under the object; beyond it, a backdrop at infinity.
     low, high = obj.bounds()
     with np.errstate(divide="ignore", invalid="ignore"):
         t_ground = (low[2] - o[:, 2]) / d[:, 2]
     g = o + np.nan_to_num(t_ground, posinf=0.0, neginf=0.0)[:, None] * d
     ground = ~mask & (t_ground > 0) & (np.hypot(g[:, 0], g[:, 1]) <= 4.0 * np.linalg.norm(high))
+    ground &= not obj.plain
     cell = (np.floor(g[ground, 0] / obj.checker) + np.floor(g[ground, 1] / obj.checker)) % 2
     colour[ground] = obj.background[cell.astype(int)]
     backdrop = ~mask & ~ground
     unit = d[backdrop] / np.linalg.norm(d[backdrop], axis=1, keepdims=True)
     w = ((unit[:, 2] + 1.0) / 2.0)[:, None]
     wave = 0.85 + 0.15 * np.sin(5.0 * np.arctan2(unit[:, 1], unit[:, 0]) + 3.0 * unit[:, 2])
+    if obj.plain:
+        wave = np.ones_like(wave)
     colour[backdrop] = ((1.0 - w) * obj.background[2] + w * obj.background[3]) * wave[:, None]
     depth = np.where(mask | ground, np.where(mask, t, t_ground), 0.0)
     image = np.round(np.clip(colour, 0.0, 1.0) * 255.0).astype(np.uint8)

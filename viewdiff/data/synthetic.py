@@ -1,12 +1,11 @@
 """Procedural objects, ray-cast along hand-held orbits and written in the exact CO3Dv2 layout.
 
 Tests and demos need posed multi-view captures offline, with cameras known exactly. Each sequence
-is one object (boxes, cans, balls, stacked composites) built from analytic primitives in an object
-frame (+z up, bounding box centred at the origin, half-size ~0.3-0.9), placed on a checkered
-ground disc in front of a direction-dependent backdrop, and put into its own random world frame
-(rotation, translation and scale, like CO3D's arbitrary SfM worlds). The primitives, their
-textures and the exact renders are viewdiff/data/raycast.py's; this file builds the objects,
-films them along hand-held orbits and writes what it films.
+is one object of ``viewdiff.data.synthetic_objects`` in a style: "co3d" (boxes, cans, balls,
+stacked composites, textured, on a checkered ground) or "toy" (the toy world's single-hue
+shapes before plain backdrops), in its own random world frame. The primitives and the exact
+renders are viewdiff/data/raycast.py's; this file films the objects along hand-held orbits and
+writes what it films.
 
 Conventions of the written files (those of CO3Dv2, see viewdiff/data/co3d.py):
 - masks are the object only (ground and backdrop are background), P(fg) * 255 in 8-bit PNG;
@@ -21,17 +20,15 @@ Conventions of the written files (those of CO3Dv2, see viewdiff/data/co3d.py):
   the mask in every frame (the mask is the silhouette; the whole object is always in view), to
   within a pixel at the silhouette's edge, as masks are sampled at pixel centres;
 - ``<sequence>/cameras.json`` (ours) holds the exact OpenCV cameras the frames were rendered with,
-  and ``sequence_object(category, index, seed)`` rebuilds a sequence's object, so that tests can
-  compare what a reader makes of the CO3D annotations with the truth.
+  and ``sequence_object(category, index, seed, style)`` rebuilds a sequence's object, so that
+  tests can compare what a reader makes of the CO3D annotations with the truth.
 
 Every sequence draws from its own generators, seeded by (seed, category, sequence index).
 """
 
 from __future__ import annotations
 
-import colorsys
 import json
-import re
 import shutil
 import zlib
 from collections.abc import Sequence
@@ -51,88 +48,19 @@ from viewdiff.cameras import (
 )
 from viewdiff.cameras_json import write_cameras
 from viewdiff.data.co3d import write_depth, write_depth_mask, write_jgz, write_mask
-from viewdiff.data.raycast import Primitive, SyntheticObject, inside, render_object, texture, trace
+from viewdiff.data.raycast import (
+    Primitive,
+    SyntheticObject,
+    albedo,
+    inside,
+    render_object,
+    trace,
+)
+from viewdiff.data.synthetic_objects import STYLES, make_object
 from viewdiff.ply import write_ply
 
-CATEGORIES = ("box", "can", "ball", "composite")
 OBJECTS_FILE = "synthetic_objects.json"
 FPS = 30.0  # frame_timestamp = frame_number / FPS, as frames of a video
-
-
-# Objects -------------------------------------------------------------------------------------
-
-
-def _palette(rng: np.random.Generator) -> np.ndarray:
-    """Six saturated colours of well separated hues, in random order: (6, 3)."""
-    hues = (rng.uniform() + np.arange(6) / 6.0 + rng.uniform(-0.03, 0.03, 6)) % 1.0
-    rng.shuffle(hues)
-    sat, val = rng.uniform(0.55, 0.9, 6), rng.uniform(0.6, 0.95, 6)
-    return np.array([colorsys.hsv_to_rgb(h, s, v) for h, s, v in zip(hues, sat, val, strict=True)])
-
-
-def _colour_name(rgb: np.ndarray) -> str:
-    """A plain English name of an RGB colour in [0, 1], for captions."""
-    hue, sat, _ = colorsys.rgb_to_hsv(*rgb)
-    if sat < 0.25:
-        return "grey"
-    bins = [(0.04, "red"), (0.11, "orange"), (0.18, "yellow"), (0.45, "green"), (0.53, "cyan")]
-    bins += [(0.70, "blue"), (0.80, "purple"), (0.93, "pink"), (1.01, "red")]
-    return next(name for edge, name in bins if hue < edge)
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random rotation (3, 3) (QR of a Gaussian matrix, signs fixed)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
-def _shapes(category: str, rng: np.random.Generator) -> tuple[list[Primitive], str]:
-    """The primitives (bottom at z=0) and the caption of one object of a category."""
-    p1, p2 = _palette(rng), _palette(rng)
-    names = [_colour_name(c) for c in p1] + [_colour_name(c) for c in p2]
-
-    def prim(kind: str, z: float, size: tuple, palette: np.ndarray) -> Primitive:
-        return Primitive(kind, np.array([0.0, 0.0, z]), np.array(size, dtype=float), palette)
-
-    if category == "box":
-        h = rng.uniform(0.3, 0.7, 3)
-        return [prim("box", h[2], h, p1)], f"a {names[0]} and {names[1]} striped box"
-    if category == "can":
-        r, h = rng.uniform(0.3, 0.5), rng.uniform(0.4, 0.75)
-        caption = f"a {names[0]} to {names[1]} can with a {names[4]} stripe"
-        return [prim("cylinder", h, (r, r, h), p1)], caption
-    if category == "ball":
-        r = rng.uniform(0.5, 0.8)
-        return [prim("sphere", r, (r, r, r), p1)], f"a {names[0]} ball with {names[4]} spots"
-    if category != "composite":
-        raise ValueError(f"unknown synthetic category {category!r}; expected one of {CATEGORIES}")
-    if rng.uniform() < 0.5:  # a box with a ball on top, both centred on the z axis
-        h = rng.uniform(0.3, 0.55, 3)
-        r = rng.uniform(0.2, min(h[0], h[1]))
-        shapes = [prim("box", h[2], h, p1), prim("sphere", 2 * h[2] + r, (r, r, r), p2)]
-        return shapes, f"a striped {names[0]} box with a {names[6]} ball on top"
-    slab = (rng.uniform(0.5, 0.8), rng.uniform(0.5, 0.8), rng.uniform(0.06, 0.14))
-    r, h = rng.uniform(0.2, 0.4), rng.uniform(0.3, 0.55)
-    shapes = [prim("box", slab[2], slab, p1), prim("cylinder", 2 * slab[2] + h, (r, r, h), p2)]
-    return shapes, f"a {names[6]} can on a {names[0]} slab"
-
-
-def make_object(category: str, rng: np.random.Generator) -> SyntheticObject:
-    """A random object of a category, centred in its frame and placed in a random world frame."""
-    shapes, caption = _shapes(category, rng)
-    caption = re.sub(r"\ba (?=[aeiou])", "an ", caption)  # "an orange can"
-    low = np.min([p.centre - p.size for p in shapes], axis=0)
-    high = np.max([p.centre + p.size for p in shapes], axis=0)
-    shift = (low + high) / 2.0  # bounding box centre to the origin
-    shapes = [Primitive(p.kind, p.centre - shift, p.size, p.palette) for p in shapes]
-    object_to_world = np.eye(4)
-    scale = np.exp(rng.uniform(np.log(0.5), np.log(3.0)))
-    object_to_world[:3, :3] = scale * _random_rotation(rng)
-    object_to_world[:3, 3] = rng.normal(0.0, 2.0, 3)
-    background = np.concatenate([rng.uniform(0.25, 0.75, (2, 3)), rng.uniform(0.1, 0.9, (2, 3))])
-    checker = rng.uniform(0.15, 0.35)
-    return SyntheticObject(category, tuple(shapes), caption, object_to_world, background, checker)
 
 
 # Cameras and key points ----------------------------------------------------------------------
@@ -240,7 +168,7 @@ def surface_points(
             if j != i:
                 hidden |= inside(other, nudged)
         points.append(p[~hidden])
-        colours.append(texture(prim, p[~hidden], faces[~hidden]))
+        colours.append(albedo(obj, prim, p[~hidden], faces[~hidden]))
     colours = np.round(np.clip(np.concatenate(colours), 0.0, 1.0) * 255.0).astype(np.uint8)
     return _to_world(obj, np.concatenate(points)), colours
 
@@ -366,14 +294,14 @@ def _rng(seed: int, category: str, index: int, stream: int) -> np.random.Generat
     return np.random.default_rng([seed, zlib.crc32(category.encode()), index, stream])
 
 
-def sequence_object(category: str, index: int, seed: int) -> SyntheticObject:
+def sequence_object(category: str, index: int, seed: int, style: str = "co3d") -> SyntheticObject:
     """The object of a category's ``index``-th sequence in a dataset made with ``seed``."""
-    return make_object(category, _rng(seed, category, index, 0))
+    return make_object(category, _rng(seed, category, index, 0), style, index)
 
 
 def _write_category(
     out: Path, category: str, sequences: int, frames: int, size_hw: tuple[int, int],
-    seed: int, points: int, progress: tqdm,
+    seed: int, points: int, progress: tqdm, style: str,
 ) -> list[str]:  # fmt: skip
     """Write one category's sequences and annotation files; its subset names."""
     folder = out / category
@@ -381,7 +309,7 @@ def _write_category(
     for index, sequence_set in enumerate(_sequence_sets(sequences)):
         name_rng = _rng(seed, category, index, 3)
         name = f"{index + 1}_{name_rng.integers(1000, 99999)}_{name_rng.integers(1000, 99999)}"
-        obj = sequence_object(category, index, seed)
+        obj = sequence_object(category, index, seed, style)
         camera_rng = _rng(seed, category, index, 1)
         frame_annotations += _write_sequence(
             folder / name, category, obj, frames, size_hw, camera_rng, sequence_set
@@ -401,7 +329,7 @@ def _write_category(
         keypoints = {key: value.tolist() for key, value in object_keypoints(obj).items()}
         objects[name] = {
             "category": category, "caption": obj.caption, "sequence_set": sequence_set,
-            "seed": seed, "index": index,
+            "seed": seed, "index": index, "style": style,
             "scale": obj.scale, "object_to_world": obj.object_to_world.tolist(),
             "box_corners_on_surface": category == "box", **keypoints,
         }  # fmt: skip
@@ -420,19 +348,28 @@ def _write_category(
 
 def make_synthetic_dataset(
     out: str | Path,
-    categories: Sequence[str] = CATEGORIES,
+    categories: Sequence[str] | None = None,
     sequences: int = 2,
     frames: int = 20,
     size_wh: tuple[int, int] = (160, 120),
     seed: int = 0,
     points: int = 2000,
     overwrite: bool = False,
+    style: str = "co3d",
 ) -> Path:
-    """Write synthetic objects in the CO3Dv2 layout under ``out``; deterministic from ``seed``."""
-    categories = list(dict.fromkeys(categories))
-    unknown = [c for c in categories if c not in CATEGORIES]
+    """Write synthetic objects in the CO3Dv2 layout under ``out``; deterministic from ``seed``.
+
+    ``style`` picks the objects (``STYLES``); ``categories`` defaults to all of that style's.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}; expected one of {tuple(STYLES)}")
+    known = STYLES[style]
+    categories = list(dict.fromkeys(known if categories is None else categories))
+    unknown = [c for c in categories if c not in known]
     if unknown:
-        raise ValueError(f"unknown synthetic categories {unknown}; expected some of {CATEGORIES}")
+        raise ValueError(
+            f"unknown synthetic categories {unknown} of style {style!r}; expected some of {known}"
+        )
     if sequences < 1 or frames < 1 or points < 1:
         raise ValueError(
             f"need sequences, frames and points >= 1, got {sequences}, {frames}, {points}"
@@ -452,7 +389,7 @@ def make_synthetic_dataset(
     with tqdm(total=len(categories) * sequences, desc="synthetic sequences", unit="seq") as bar:
         for category in categories:
             subsets[category] = _write_category(
-                out, category, sequences, frames, (height, width), seed, points, bar
+                out, category, sequences, frames, (height, width), seed, points, bar, style
             )
     index = out / "category_to_subset_name_list.json"  # CO3Dv2's root index of subsets
     listed = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
