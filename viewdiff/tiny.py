@@ -32,7 +32,7 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
-Size = Literal["tiny", "mid"]
+Size = Literal["tiny", "toy", "mid"]
 
 # Per-size overrides on top of the SD 2.1 base configs. `attention_head_dim` is, as in SD 2.x,
 # diffusers' legacy name for the number of heads: tiny uses 16-dim heads, mid SD's 64-dim ones.
@@ -43,6 +43,15 @@ _UNET_SIZES: dict[str, dict[str, Any]] = {
         "layers_per_block": 1,
         "norm_num_groups": 8,
         "cross_attention_dim": 32,
+        "sample_size": 8,  # 64 px images
+    },
+    # The toy world's base (viewdiff.toy): small enough to pretrain from scratch on 2 CPU cores.
+    "toy": {
+        "block_out_channels": [32, 64, 96, 96],
+        "attention_head_dim": [2, 4, 6, 6],
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "cross_attention_dim": 64,
         "sample_size": 8,  # 64 px images
     },
     "mid": {
@@ -58,6 +67,12 @@ _UNET_SIZES: dict[str, dict[str, Any]] = {
 _VAE_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
         "block_out_channels": [8, 16, 32, 32],
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "sample_size": 64,
+    },
+    "toy": {
+        "block_out_channels": [16, 32, 64, 64],
         "layers_per_block": 1,
         "norm_num_groups": 8,
         "sample_size": 64,
@@ -81,7 +96,7 @@ _TOKENIZER_TEXT = """
 a an the of on in with and photo picture render view image object from front back side top
 left right red green blue yellow orange purple pink brown black white gray grey can cup mug
 bottle chair table car bear teddy hydrant apple ball book box plant toy bench bicycle stripe
-striped wooden metal plastic small large
+striped wooden metal plastic small large cyan spots slab to
 """
 
 
@@ -267,11 +282,12 @@ def _no_save_progress_bar() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def build_tiny_pipeline(out_dir: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
-    """Write a seeded, randomly initialised SD 2.1-shaped pipeline folder to `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = write_tokenizer(out / "tokenizer")
+def random_components(
+    size: Size, seed: int, tokenizer_dir: str | Path
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Seeded random UNet, VAE, text encoder and SD 2.1's scheduler of a size; the tokenizer is
+    written to ``tokenizer_dir``. Returns the components and the tokenizer's vocabulary."""
+    vocab = write_tokenizer(tokenizer_dir)
     text_config = text_encoder_config(size, len(vocab), vocab[BOS_TOKEN], vocab[EOS_TOKEN])
     # Distinct seed offsets keep the three models from starting on the same random stream;
     # the UNet gets `seed` itself so that build_unet(unet_config(size), seed) reproduces it.
@@ -281,11 +297,25 @@ def build_tiny_pipeline(out_dir: str | Path, size: Size = "tiny", seed: int = 0)
         "text_encoder": build_text_encoder(text_config, seed + 2),
         "scheduler": DDPMScheduler.from_config(sd21_base_scheduler_config()),
     }
+    return components, vocab
+
+
+def save_pipeline(out_dir: str | Path, components: dict[str, Any]) -> Path:
+    """Save components into a Stable Diffusion folder (the tokenizer/ is already there)."""
+    out = Path(out_dir)
     with _no_save_progress_bar():
         for name, module in components.items():
             module.save_pretrained(out / name)
     _write_json(out / "model_index.json", _model_index(components))
     return out
+
+
+def build_tiny_pipeline(out_dir: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write a seeded, randomly initialised SD 2.1-shaped pipeline folder to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    components, _ = random_components(size, seed, out / "tokenizer")
+    return save_pipeline(out, components)
 
 
 def count_params(weights_dir: str | Path) -> int:

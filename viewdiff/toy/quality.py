@@ -1,0 +1,145 @@
+"""What the toy world knows, measured: the pieces of ``bench/toy_quality.py`` (and its fast test).
+
+- ``make_toy_shards``: fresh toy objects (a seed of their own) in the CO3Dv2 layout and shards;
+- ``classifier_accuracy``: the classifiers of ``viewdiff.toy.classify`` on real renders (so that
+  their verdicts on generated images can be trusted);
+- ``text_to_image_accuracy``: colour and shape accuracy of images generated for prompts;
+- ``consistency_psnr``: fit 3D Gaussians to some views of one object, PSNR on the others: views
+  that agree in 3D can be explained by one scene, inconsistent ones cannot;
+- ``base_images`` / ``prior_views``: images from the toy SD (one at a time) and from the
+  multi-view prior (N posed views jointly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from torch import Tensor
+
+from viewdiff.config import SampleConfig
+from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.synthetic import make_synthetic_dataset
+from viewdiff.inference.autoregressive import generate_views
+from viewdiff.inference.load import MultiViewPrior
+from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
+from viewdiff.scene.fit import FitConfig, PosedViews, fit
+from viewdiff.scene.gaussians import GaussianScene
+from viewdiff.toy.classify import ShapeClassifier, accuracy, classify_colour, foreground
+from viewdiff.toy.images import ToyImages
+from viewdiff.toy.t2i_training import generate
+
+# A short 3DGS fit for 64 px object views: view-independent colour (SH 0), so that views that
+# disagree cannot be explained by view-dependent colour.
+CONSISTENCY_FIT = FitConfig(
+    iterations=600,
+    sh_degree=0,
+    densify_from=100,
+    densify_until=450,
+    densify_interval=50,
+    opacity_reset_interval=10_000,
+    max_gaussians=4000,
+)
+
+
+def make_toy_shards(
+    out: Path, sequences: int, frames: int, seed: int, image_size: int = 64
+) -> Path:
+    """``sequences`` toy objects per shape, ``frames`` views each, as shards; their folder."""
+    root = make_synthetic_dataset(
+        out / "co3d", None, sequences, frames, (96, 96), seed, points=500, overwrite=True,
+        style="toy",
+    )  # fmt: skip
+    options = ShardOptions(image_size=image_size, min_frames=min(5, frames), max_frames=frames)
+    write_shards(root, out / "shards", options)
+    return out / "shards"
+
+
+def unit(images: ToyImages) -> Tensor:
+    """The views (M, 3, H, W) in [0, 1]."""
+    return images.images.float() / 255.0
+
+
+def colours_of(captions: Sequence[str]) -> list[str]:
+    """The colour word of toy captions ('a red ball' -> 'red')."""
+    return [caption.split()[-2] for caption in captions]
+
+
+def shapes_of(captions: Sequence[str]) -> list[str]:
+    """The shape word of toy captions ('a red ball' -> 'ball')."""
+    return [caption.split()[-1] for caption in captions]
+
+
+def classifier_accuracy(
+    classifier: ShapeClassifier, images: Tensor, captions: Sequence[str]
+) -> dict[str, float]:
+    """Colour and shape accuracy on images (M, 3, H, W) in [0, 1] with their true captions."""
+    return {
+        "colour": accuracy(classify_colour(images), colours_of(captions)),
+        "shape": accuracy(classifier(images), shapes_of(captions)),
+    }
+
+
+def text_to_image_accuracy(
+    classifier: ShapeClassifier, images: Tensor, prompts: Sequence[str]
+) -> dict[str, float]:
+    """Colour and shape accuracy of images (M, 3, H, W) in [0, 1] generated for ``prompts``."""
+    return classifier_accuracy(classifier, images, prompts)
+
+
+def base_images(
+    pipe: StableDiffusionPipeline, prompts: Sequence[str], seed: int, steps: int, guidance: float
+) -> Tensor:
+    """One image (B, 3, H, W) in [0, 1] per prompt from the toy SD (DDIM), seeds seed + i."""
+    return generate(pipe, list(prompts), seed, steps=steps, guidance_scale=guidance)
+
+
+def prior_views(
+    prior: MultiViewPrior,
+    prompts: Sequence[str],
+    cameras: Trajectory,
+    settings: SampleConfig,
+    seed: int,
+) -> Tensor:
+    """Views (B, V, 3, H, W) in [0, 1] of each prompt, generated jointly at ``cameras``."""
+    seeds = [seed + i for i in range(len(prompts))]
+    views = generate_views(prior, list(prompts), cameras, settings, seeds, show_progress=False)
+    return (views + 1.0) / 2.0
+
+
+def toy_orbit(settings: SampleConfig, views: int, image_size: int) -> Trajectory:
+    """``views`` cameras on the default orbit of the toy prior's sample settings."""
+    return orbit_trajectory(
+        views, settings.elevation_deg, settings.radius, image_size, settings.fov_deg
+    )
+
+
+def consistency_psnr(
+    images: Tensor,
+    cameras: Trajectory,
+    held_out: Sequence[int],
+    config: FitConfig = CONSISTENCY_FIT,
+    seed: int = 0,
+) -> float:
+    """Mean PSNR (dB) on the ``held_out`` views of Gaussians fitted to the other views.
+
+    ``images`` (V, 3, H, W) in [0, 1] of one object at ``cameras``; the object is separated from
+    its grey backdrop by the classifier's saturation rule, and both the fit and the score are
+    on the object (backdrop black).
+    """
+    masks = foreground(images)[:, None].float()
+    rows = [i for i in range(len(images)) if i not in held_out]
+    chosen = list(held_out)
+
+    def posed(indices: list[int]) -> PosedViews:
+        subset = cameras.subset(indices)
+        return PosedViews(images[indices], subset.K, subset.w2c, masks[indices])
+
+    generator = torch.Generator().manual_seed(seed)
+    scene = GaussianScene.random_in_sphere(2000, 1.0, sh_degree=0, generator=generator)
+    result = fit(scene, posed(rows), dataclasses.replace(config, seed=seed), posed(chosen),
+                 progress=False)  # fmt: skip
+    return sum(result.test_psnr) / len(result.test_psnr)

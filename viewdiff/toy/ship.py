@@ -1,0 +1,78 @@
+"""Ship the toy world in the package: the base SD folder and the multi-view export, in fp16.
+
+    python -m viewdiff.toy ship --base runs/toy/base/sd --export runs/toy/multiview/model \\
+        --out viewdiff/assets/toy
+
+writes ``OUT/sd/`` (a Stable Diffusion folder) and ``OUT/multiview/`` (an inference export whose
+``base_model.json`` points at ``../sd``, so it loads wherever the package is installed) and
+``OUT/provenance.json`` (what made them). Floating-point weights of the UNets and the VAE are
+stored as fp16 (diffusers loads them back into fp32 models); the text encoder stays fp32, as
+transformers would otherwise load it in fp16. Only safetensors and JSON are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from viewdiff.training.export import BASE_FROM_EXPORT_KEY, BASE_MODEL_FILE
+
+SD, MULTIVIEW = "sd", "multiview"
+# Weight files stored in fp16, relative to their folder.
+HALF_PRECISION = {
+    SD: ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"),
+    MULTIVIEW: ("unet/diffusion_pytorch_model.safetensors", "multiview.safetensors"),
+}
+BUDGET_MB = 20.0
+
+
+def to_half(path: Path) -> None:
+    """Rewrite a safetensors file with its float32 tensors as float16 (metadata kept)."""
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    half = {
+        key: value.half() if value.dtype == torch.float32 else value
+        for key, value in tensors.items()
+    }
+    save_file(half, path, metadata=metadata)
+
+
+def folder_megabytes(folder: Path) -> float:
+    """Size of every file under ``folder``, in MB (10^6 bytes)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
+    """Copy base and export into ``out`` (replacing what is there) in fp16; the size in MB."""
+    if not (base / "model_index.json").is_file():
+        raise ValueError(f"--base {base}: no model_index.json (not a Stable Diffusion folder)")
+    if not (export / BASE_MODEL_FILE).is_file():
+        raise ValueError(f"--export {export}: no {BASE_MODEL_FILE} (not a training export)")
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(base, staging / SD)
+    shutil.copytree(export, staging / MULTIVIEW)
+    for folder, files in HALF_PRECISION.items():
+        for name in files:
+            to_half(staging / folder / name)
+    base_file = staging / MULTIVIEW / BASE_MODEL_FILE
+    base_model = json.loads(base_file.read_text())
+    base_model[BASE_FROM_EXPORT_KEY] = f"../{SD}"
+    base_file.write_text(json.dumps(base_model, indent=2) + "\n")
+    (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    size = folder_megabytes(staging)
+    if size > BUDGET_MB:
+        raise ValueError(f"the toy world takes {size:.1f} MB, over its {BUDGET_MB:.0f} MB budget")
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return size
