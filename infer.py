@@ -147,7 +147,7 @@ def add_trajectory_arguments(parser: argparse.ArgumentParser, cameras_flag: str)
     group.add_argument("--views", type=int, default=8, help="views on the orbit")
     group.add_argument("--elevation", type=float, help="degrees above the object (30)")
     group.add_argument("--radius", type=float, help="distance to the box centre (4)")
-    group.add_argument("--fov", type=float, default=48.0, help="horizontal field of view, degrees")
+    group.add_argument("--fov", type=float, help="horizontal field of view, degrees (48)")
     group.add_argument("--start-azimuth", type=float, default=0.0, help="first view, degrees")
     group.add_argument("--image-size", type=int, help="square side (the export's data.image_size)")
 
@@ -165,6 +165,7 @@ def sample_settings(args: argparse.Namespace, export: ExportInfo) -> SampleConfi
         "seed": args.seed,
         "elevation_deg": getattr(args, "elevation", None),
         "radius": getattr(args, "radius", None),
+        "fov_deg": getattr(args, "fov", None),
     }
     settings = dataclasses.replace(
         export.config.sample, **{key: value for key, value in chosen.items() if value is not None}
@@ -181,7 +182,12 @@ def trajectory_of(
         return read_trajectory(file)
     size = args.image_size or export.config.data.image_size
     return orbit_trajectory(
-        args.views, settings.elevation_deg, settings.radius, size, args.fov, args.start_azimuth
+        args.views,
+        settings.elevation_deg,
+        settings.radius,
+        size,
+        settings.fov_deg,
+        args.start_azimuth,
     )
 
 
@@ -268,7 +274,7 @@ def given_views(
     height, width = trajectory.image_size_hw
     if height != width:
         raise ValueError("a single image without cameras needs a square trajectory")
-    camera = default_input_camera(settings.elevation_deg, settings.radius, height, args.fov)
+    camera = default_input_camera(settings.elevation_deg, settings.radius, height, settings.fov_deg)
     return load_single_view(args.images[0], camera)
 
 

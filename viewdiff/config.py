@@ -240,6 +240,9 @@ class SampleConfig:
     radius: float = 4.0
     """Distance of the default orbit's cameras to the object box centre (the reference: 4-4.5)."""
 
+    fov_deg: float = 48.0
+    """Horizontal field of view of the default orbit's cameras, in degrees."""
+
     seed: int = 0
     """Seed of the initial noise; the i-th prompt of a run uses seed + i."""
 

@@ -1,6 +1,7 @@
 """``infer.py sample``: views from text, the files they land in, and errors before any compute."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -37,6 +38,24 @@ def test_sample_writes_views_grid_video_and_cameras(tiny_export, tmp_path, capsy
     again = tmp_path / "again"
     infer.main([*argv, "--out", str(again), *FAST])
     assert (again / "views" / "view_005.png").read_bytes() == (views[5]).read_bytes()
+
+
+def test_the_orbit_comes_from_the_export_sample_settings_unless_given(tiny_export, tmp_path):
+    # The export's sample.elevation_deg / radius / fov_deg make the default orbit; flags win.
+    moved = tmp_path / "export"
+    shutil.copytree(tiny_export, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["sample"].update(elevation_deg=20.0, radius=5.0, fov_deg=30.0)
+    (moved / "config.json").write_text(json.dumps(config))
+    argv = ["sample", "--checkpoint", str(moved), "--prompt", "a red can", "--views", "2", *FAST]
+    infer.main([*argv, "--out", str(tmp_path / "a")])
+    K, w2c, _ = read_cameras(tmp_path / "a" / "cameras.json")
+    torch.testing.assert_close(w2c.float(), orbit(2, 20.0, 5.0))
+    torch.testing.assert_close(K.float(), intrinsics_from_fov(30.0, 64, 64).expand(2, 3, 3))
+    infer.main([*argv, "--fov", "40", "--radius", "3", "--out", str(tmp_path / "b")])
+    K, w2c, _ = read_cameras(tmp_path / "b" / "cameras.json")
+    torch.testing.assert_close(w2c.float(), orbit(2, 20.0, 3.0))
+    torch.testing.assert_close(K.float(), intrinsics_from_fov(40.0, 64, 64).expand(2, 3, 3))
 
 
 def pixels(path) -> np.ndarray:

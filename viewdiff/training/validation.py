@@ -1,7 +1,7 @@
 """Validation grids: fixed prompts seen by fixed orbit cameras, generated jointly, every so often.
 
-One object per ``train.validation_prompts``, N = ``data.n_views`` views on an orbit (elevation
-30 degrees, radius 4, 48-degree field of view: ``infer.py cameras``' defaults) around the
+One object per ``train.validation_prompts``, N = ``data.n_views`` views on the default orbit of
+inference (``sample.elevation_deg``, ``sample.radius``, ``sample.fov_deg``) around the
 normalised object box, generated with ``viewdiff.sampling.sample_views`` (DDIM, classifier-free
 guidance) from the same noise every time (seeded by train.seed), so that grids of successive
 steps differ only by the training in between. With ``train.use_ema`` the EMA weights generate.
@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.config import Config
+from viewdiff.config import Config, SampleConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.sampling import ddim_scheduler, sample_views
 from viewdiff.training.base_pipeline import BasePipeline
@@ -29,14 +29,15 @@ from viewdiff.training.ema import EMA
 from viewdiff.training.tracking import tensorboard_writer
 from viewdiff.visualize import image_grid, to_pil
 
-ELEVATION_DEG, RADIUS, FOV_DEG = 30.0, 4.0, 48.0
 VALIDATION_DIR = "validation"
 
 
-def validation_cameras(n_views: int, image_size: int) -> tuple[Tensor, Tensor]:
-    """K (N, 3, 3) and w2c (N, 4, 4) of N views on the validation orbit."""
-    w2c = orbit(n_views, ELEVATION_DEG, RADIUS)
-    K = intrinsics_from_fov(FOV_DEG, image_size, image_size).expand(n_views, 3, 3)
+def validation_cameras(
+    n_views: int, image_size: int, sample: SampleConfig
+) -> tuple[Tensor, Tensor]:
+    """K (N, 3, 3) and w2c (N, 4, 4) of N views on the default orbit of ``sample``."""
+    w2c = orbit(n_views, sample.elevation_deg, sample.radius)
+    K = intrinsics_from_fov(sample.fov_deg, image_size, image_size).expand(n_views, 3, 3)
     return K, w2c
 
 
@@ -50,7 +51,7 @@ def validation_views(
     """Images (P, N, 3, H, W) in [-1, 1]: the validation prompts on the validation orbit."""
     train, size = config.train, config.data.image_size
     prompts = list(train.validation_prompts)
-    K, w2c = validation_cameras(config.data.n_views, size)
+    K, w2c = validation_cameras(config.data.n_views, size, config.sample)
     return sample_views(
         model,
         base.vae,
