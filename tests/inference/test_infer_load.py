@@ -71,3 +71,36 @@ def test_incomplete_exports_and_training_checkpoints_are_refused(tiny_export, tm
     shutil.copytree(tiny_export / "unet", broken / "unet")
     with pytest.raises(ValueError, match="no 'pretrained_model'"):
         read_export(broken)
+
+
+def test_an_export_moved_with_its_base_still_finds_it(tiny_sd, tmp_path, monkeypatch):
+    # Trained from a base given as a path relative to the working directory (as make demo does).
+    run, base = tmp_path / "run", tmp_path / "bases" / "tiny-sd"
+    shutil.copytree(tiny_sd, base)
+    monkeypatch.chdir(tmp_path)
+    config = Config(
+        model=dataclasses.replace(
+            Config().model, pretrained_model="bases/tiny-sd", **MODEL_SETTINGS
+        ),  # fmt: skip
+        data=DataConfig(image_size=64),
+        train=TrainConfig(output_dir="run", mode="new_layers"),
+    )
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    model = build_training_model(unet, config.model, "new_layers", gradient_checkpointing=False)
+    schedule = noise_scheduler(dict(DDPMScheduler.load_config(base / "scheduler")), False,
+                               "epsilon")  # fmt: skip
+    export_model(model, config, schedule, step=1)
+    # Both move elsewhere, and inference runs from yet another folder.
+    moved = tmp_path / "elsewhere"
+    shutil.move(run, moved / "run")
+    shutil.move(tmp_path / "bases", moved / "bases")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    info = read_export(moved / "run" / "model")
+    assert info.pretrained_model == str(moved / "bases" / "tiny-sd")
+    assert load_export(moved / "run" / "model").model is not None
+    # Without its base beside it, the export names the base path it was trained from.
+    shutil.rmtree(moved / "bases")
+    assert read_export(moved / "run" / "model").pretrained_model == "bases/tiny-sd"
+    with pytest.raises(ValueError, match="cannot load the base model's unet from 'bases/tiny-sd'"):
+        load_export(moved / "run" / "model")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from viewdiff.config import Config, read_config_json
 from viewdiff.model import MultiViewUNet, load_multiview_unet
 from viewdiff.model.persistence import CONFIG_FILE, UNET_DIR, UNET_LORA_DIR, WEIGHTS_FILE
+from viewdiff.training.export import BASE_FROM_EXPORT_KEY, BASE_MODEL_FILE
 
-BASE_MODEL_FILE = "base_model.json"
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, "config.json", BASE_MODEL_FILE, "scheduler")
 
 
@@ -101,12 +102,21 @@ def read_export(path: str | Path) -> ExportInfo:
     return ExportInfo(
         path=path,
         config=config,
-        pretrained_model=base["pretrained_model"],
+        pretrained_model=base_model_location(path, base),
         revision=base.get("revision"),
         step=int(base.get("step", -1)),
         ema=bool(base.get("ema", False)),
         unet_weights=str(meta.get("unet_weights")),
     )
+
+
+def base_model_location(path: Path, base: dict[str, Any]) -> str:
+    """Where the export's base pipeline is: the folder at its path relative to the export if it
+    is there (an export moved or shipped with its base), else the path or hub id of training."""
+    relative = base.get(BASE_FROM_EXPORT_KEY)
+    if isinstance(relative, str) and (path / relative).is_dir():
+        return os.path.normpath(path / relative)
+    return base["pretrained_model"]
 
 
 def _from_base(cls: type, info: ExportInfo, part: str) -> Any:

@@ -4,7 +4,9 @@
                        ``save_multiview_unet`` (the UNet weights by mode: full, lora, none)
     config.json        the resolved config of the run
     scheduler/         the training noise schedule (betas, zero terminal SNR, prediction type)
-    base_model.json    the base pipeline it was trained from (path or hub id + revision), the
+    base_model.json    the base pipeline it was trained from (path or hub id + revision; a local
+                       folder also as a path relative to the export, so that an export moved
+                       together with its base, or shipped in the package, still finds it), the
                        step, and whether the weights are the EMA
 
 With ``train.use_ema`` the EMA weights are exported. Written into ``model.tmp/`` and swapped
@@ -30,6 +32,7 @@ from viewdiff.training.modes import EXPORT_UNET_WEIGHTS
 
 EXPORT = "model"
 BASE_MODEL_FILE = "base_model.json"
+BASE_FROM_EXPORT_KEY = "pretrained_model_from_export"  # the base folder, relative to model/
 
 
 def export_path(output_dir: str | Path) -> Path:
@@ -68,6 +71,9 @@ def export_model(
         "step": step,
         "ema": ema is not None,
     }
+    local_base = Path(config.model.pretrained_model)
+    if local_base.is_dir():
+        base[BASE_FROM_EXPORT_KEY] = os.path.relpath(local_base.resolve(), final.resolve())
     (tmp / BASE_MODEL_FILE).write_text(json.dumps(base, indent=2) + "\n")
     sync_folder(tmp)
     shutil.rmtree(old, ignore_errors=True)
