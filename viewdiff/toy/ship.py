@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 from viewdiff.training.export import BASE_FROM_EXPORT_KEY, BASE_MODEL_FILE
 
 SD, MULTIVIEW = "sd", "multiview"
-# Weight files stored in fp16, relative to their folder.
+# Weight files stored in fp16 where present, relative to their folder (a LoRA or new-layers
+# export has no unet/).
 HALF_PRECISION = {
     SD: ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"),
     MULTIVIEW: ("unet/diffusion_pytorch_model.safetensors", "multiview.safetensors"),
@@ -61,7 +62,8 @@ def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
     shutil.copytree(export, staging / MULTIVIEW)
     for folder, files in HALF_PRECISION.items():
         for name in files:
-            to_half(staging / folder / name)
+            if (staging / folder / name).is_file():
+                to_half(staging / folder / name)
     base_file = staging / MULTIVIEW / BASE_MODEL_FILE
     base_model = json.loads(base_file.read_text())
     base_model[BASE_FROM_EXPORT_KEY] = f"../{SD}"
@@ -69,6 +71,7 @@ def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     size = folder_megabytes(staging)
     if size > BUDGET_MB:
+        shutil.rmtree(staging)
         raise ValueError(f"the toy world takes {size:.1f} MB, over its {BUDGET_MB:.0f} MB budget")
     old = out.with_name(out.name + ".old")
     if out.exists():
