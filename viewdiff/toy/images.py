@@ -23,11 +23,14 @@ from viewdiff.data.stream import decode_image, read_sample_meta, shard_urls
 
 @dataclass(frozen=True)
 class ToyImages:
-    """Views as uint8 tensors: images (M, 3, H, W), masks (M, 1, H, W); per view its caption,
-    category and object index (into ``objects``, the samples' keys)."""
+    """Views as uint8 tensors: images (M, 3, H, W), masks (M, 1, H, W); per view its camera
+    (K, w2c in the normalised scene), caption, category and object index (into ``objects``,
+    the samples' keys)."""
 
     images: Tensor
     masks: Tensor
+    K: Tensor  # (M, 3, 3)
+    w2c: Tensor  # (M, 4, 4)
     captions: tuple[str, ...]
     categories: tuple[str, ...]
     object_index: Tensor  # (M,) int64
@@ -35,6 +38,10 @@ class ToyImages:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def views_of(self, index: int) -> Tensor:
+        """The rows (V,) of object ``index``'s views, in their order in the shard."""
+        return torch.nonzero(self.object_index == index).flatten()
 
     def floats(self, index: Tensor | slice | None = None) -> Tensor:
         """Images (m, 3, H, W) in [-1, 1] (all, or the rows of ``index``)."""
@@ -48,6 +55,7 @@ def read_shard_images(shards: str | Path, show_progress: bool = True) -> ToyImag
     image_size = read_manifest(folder)["image_size"]
     urls = shard_urls(str(folder), image_size)
     images, masks, captions, categories, object_index, objects = [], [], [], [], [], []
+    cameras = []
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
     for sample in tqdm(
         dataset, desc=f"read {folder.name}", unit="object", disable=not show_progress
@@ -55,7 +63,8 @@ def read_shard_images(shards: str | Path, show_progress: bool = True) -> ToyImag
         meta = read_sample_meta(sample)
         where = f"{sample['__url__']}: sample {sample['__key__']}"
         caption = meta["captions"][0] if meta["captions"] else f"a {meta['category']}"
-        for i in range(len(meta["frames"])):
+        for i, frame in enumerate(meta["frames"]):
+            cameras.append((frame["K"], frame["w2c"]))
             images.append(decode_image(sample[f"{i:03d}.jpg"], "RGB", image_size, where))
             masks.append(decode_image(sample[f"{i:03d}.mask.png"], "L", image_size, where))
             captions.append(caption)
@@ -67,6 +76,8 @@ def read_shard_images(shards: str | Path, show_progress: bool = True) -> ToyImag
     return ToyImages(
         images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
         masks=torch.from_numpy(np.stack(masks))[:, None].contiguous(),
+        K=torch.tensor([K for K, _ in cameras], dtype=torch.float32),
+        w2c=torch.tensor([w2c for _, w2c in cameras], dtype=torch.float32),
         captions=tuple(captions),
         categories=tuple(categories),
         object_index=torch.tensor(object_index),
