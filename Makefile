@@ -9,6 +9,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PIP_ARGS ?=
 DEMO ?= runs/demo
+TOY ?= runs/toy
+TOY_ASSETS := viewdiff/assets/toy
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -17,7 +19,7 @@ STAMP := $(VENV)/.installed
 # thread per core (times the test's worker processes) oversubscribes it: 100x slower steps seen.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: test demo lint format clean-demo
+.PHONY: test demo toy lint format clean-demo clean-toy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,31 +39,58 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The main job on the embedded default (configs/tiny_cpu.yaml), offline, on a CPU.
+# The main job on the embedded default, offline, on a CPU: the shipped toy prior generates
+# (viewdiff/assets/toy), then a short fine-tune of the shipped toy base shows training.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.tiny $(DEMO)/tiny-sd
 	mkdir -p $(DEMO)
-	$(BIN)/python train.py --config configs/tiny_cpu.yaml --print-config > $(DEMO)/config.yaml
-	$(BIN)/python data/make_synthetic.py --out $(DEMO)/co3d --sequences 2 --frames 24 \
-		--size 160x120 --overwrite
+	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(TOY_ASSETS)/multiview \
+		--prompts configs/toy_prompts.txt --views 8 --out $(DEMO)/toy-samples
+	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(TOY_ASSETS)/multiview \
+		--prompt "a blue box" --views 36 --window 8 --max-conditions 8 --out $(DEMO)/toy-turntable
+	$(BIN)/python train.py --config configs/toy_cpu.yaml --print-config > $(DEMO)/config.yaml
+	$(BIN)/python data/make_synthetic.py --out $(DEMO)/co3d --style toy --sequences 2 --frames 12 \
+		--size 96x96 --overwrite
 	$(BIN)/python data/prepare_co3d.py --co3d-root $(DEMO)/co3d --out $(DEMO)/shards --size 64 \
-		--max-frames 12 --samples-per-shard 4
+		--samples-per-shard 4
 	$(BIN)/python data/preview_batch.py --shards $(DEMO)/shards --out $(DEMO)/batch.png --n-views 4
 	rm -rf $(DEMO)/train
-	HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/tiny_cpu.yaml \
-		model.pretrained_model=$(DEMO)/tiny-sd data.shards=$(DEMO)/shards \
-		train.output_dir=$(DEMO)/train
-	$(BIN)/python infer.py cameras --out $(DEMO)/cameras --views 8 --image-size 128
+	HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/toy_cpu.yaml \
+		model.pretrained_model=$(TOY_ASSETS)/sd data.shards=$(DEMO)/shards data.num_workers=0 \
+		train.output_dir=$(DEMO)/train train.max_steps=30 train.checkpoint_every=10 \
+		train.log_every=5 train.validate_every=15 train.validation_prompts="[a red ball]"
+	$(BIN)/python infer.py cameras --out $(DEMO)/cameras --views 8 --image-size 128 \
+		--elevation 25 --radius 4.4 --fov 34
 	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(DEMO)/train/model \
-		--prompt "a red box" --views 8 --out $(DEMO)/sample
-	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(DEMO)/train/model \
-		--prompt "a red box" --views 36 --window 8 --max-conditions 8 --out $(DEMO)/turntable
-	@echo "demo: tiny pipeline $(DEMO)/tiny-sd, config $(DEMO)/config.yaml," \
-		"synthetic CO3D $(DEMO)/co3d, shards $(DEMO)/shards, a batch $(DEMO)/batch.png," \
-		"cameras $(DEMO)/cameras/, training $(DEMO)/train (export $(DEMO)/train/model," \
-		"grids $(DEMO)/train/validation, tensorboard --logdir $(DEMO)/train/logs)," \
-		"a sample $(DEMO)/sample/ (views/, grid.png, cameras.json) and a 36-view turntable" \
-		"$(DEMO)/turntable/turntable.mp4 (.gif) in 5 sliding windows"
+		--prompt "a red ball" --views 8 --out $(DEMO)/sample
+	@echo "demo: the shipped toy prior's samples $(DEMO)/toy-samples/*/grid.png and a 36-view" \
+		"turntable $(DEMO)/toy-turntable/turntable.mp4 (.gif); then config $(DEMO)/config.yaml," \
+		"toy objects in the CO3D layout $(DEMO)/co3d, shards $(DEMO)/shards, a batch" \
+		"$(DEMO)/batch.png, 30 fine-tuning steps of the toy base $(DEMO)/train (export" \
+		"$(DEMO)/train/model, grids $(DEMO)/train/validation, tensorboard --logdir" \
+		"$(DEMO)/train/logs), cameras $(DEMO)/cameras/ and a sample of that run $(DEMO)/sample/"
+
+# The toy world from nothing (~70 minutes on 2 cores, run alone): toy objects -> shards ->
+# pretrained toy SD -> train.py's multi-view prior -> shipped into viewdiff/assets/toy (fp16).
+# Resumes what an interrupted run left in $(TOY); `make clean-toy` starts over.
+toy: $(STAMP)
+	$(BIN)/python data/make_synthetic.py --out $(TOY)/co3d/train --style toy --sequences 300 \
+		--frames 12 --size 96x96 --points 500 --seed 0 --overwrite
+	$(BIN)/python data/make_synthetic.py --out $(TOY)/co3d/heldout --style toy --sequences 20 \
+		--frames 12 --size 96x96 --points 500 --seed 1 --overwrite
+	$(BIN)/python data/prepare_co3d.py --co3d-root $(TOY)/co3d/train --out $(TOY)/shards/train \
+		--size 64 --workers 2
+	$(BIN)/python data/prepare_co3d.py --co3d-root $(TOY)/co3d/heldout \
+		--out $(TOY)/shards/heldout --size 64 --split test
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.toy pretrain --threads 2 \
+		--shards $(TOY)/shards/train --heldout $(TOY)/shards/heldout --out $(TOY)/base
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/toy_cpu.yaml \
+		model.pretrained_model=$(TOY)/base/sd data.shards=$(TOY)/shards/train \
+		train.output_dir=$(TOY)/multiview
+	$(BIN)/python -m viewdiff.toy ship --base $(TOY)/base/sd --export $(TOY)/multiview/model \
+		--out $(TOY_ASSETS)
+
+clean-toy:
+	rm -rf $(TOY)
 
 clean-demo:
 	rm -rf $(DEMO)
