@@ -70,7 +70,8 @@ demo: $(STAMP)
 		"$(DEMO)/train/logs), cameras $(DEMO)/cameras/ and a sample of that run $(DEMO)/sample/"
 
 # The toy world from nothing (~70 minutes on 2 cores, run alone): toy objects -> shards ->
-# pretrained toy SD -> train.py's multi-view prior -> shipped into viewdiff/assets/toy (fp16).
+# pretrained toy SD -> train.py's multi-view prior -> shipped into viewdiff/assets/toy (fp16)
+# -> the README's picture (docs/toy-prior.png).
 # Resumes what an interrupted run left in $(TOY); `make clean-toy` starts over.
 toy: $(STAMP)
 	$(BIN)/python data/make_synthetic.py --out $(TOY)/co3d/train --style toy --sequences 300 \
@@ -88,6 +89,8 @@ toy: $(STAMP)
 		train.output_dir=$(TOY)/multiview
 	$(BIN)/python -m viewdiff.toy ship --base $(TOY)/base/sd --export $(TOY)/multiview/model \
 		--out $(TOY_ASSETS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.toy picture --checkpoint $(TOY_ASSETS)/multiview \
+		--out docs/toy-prior.png
 
 clean-toy:
 	rm -rf $(TOY)

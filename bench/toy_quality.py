@@ -43,19 +43,17 @@ from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa
 from viewdiff.inference.load import load_export  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
-from viewdiff.toy.classify import fit_shape_classifier  # noqa: E402
+from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
-    base_images,
-    classifier_accuracy,
     consistency_psnr,
     make_toy_shards,
     prior_views,
-    text_to_image_accuracy,
     toy_orbit,
     unit,
 )
+from viewdiff.toy.t2i_training import generate  # noqa: E402
 from viewdiff.toy.vae_training import reconstruct, reconstruction_psnr  # noqa: E402
 from viewdiff.visualize import image_grid, to_pil  # noqa: E402
 
@@ -114,13 +112,13 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. Text to image over every prompt.
     prompts = toy_prompts()
     repeated = [p for p in prompts for _ in range(args.samples_per_prompt)]
-    sd_images = base_images(pipe, repeated, seed=1000, steps=20, guidance=4.0)
-    figures["t2i_base"] = text_to_image_accuracy(classifier, sd_images, repeated)
+    sd_images = generate(pipe, repeated, seed=1000)  # DDIM 20, CFG 4
+    figures["t2i_base"] = classifier_accuracy(classifier, sd_images, repeated)
     save_grid(sd_images[:: args.samples_per_prompt], args.work / "t2i_base.png", 6)
     orbit4 = toy_orbit(settings, 4, prior.info.config.data.image_size)
     joint = prior_views(prior, prompts, orbit4, settings, seed=2000)  # (18, 4, 3, H, W)
     per_view_prompts = [p for p in prompts for _ in range(4)]
-    figures["t2i_prior"] = text_to_image_accuracy(classifier, joint.flatten(0, 1), per_view_prompts)
+    figures["t2i_prior"] = classifier_accuracy(classifier, joint.flatten(0, 1), per_view_prompts)
     save_grid(joint.flatten(0, 1), args.work / "t2i_prior.png", 8)
 
     # 4. 3D consistency: joint views vs one-by-one images, Gaussians fitted with the same cameras.
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     joint_psnr, single_psnr, shown = [], [], []
     for i, prompt in enumerate(chosen):
         views = prior_views(prior, [prompt], orbit8, settings, seed=3000 + i)[0]
-        singles = base_images(pipe, [prompt] * 8, seed=4000 + 8 * i, steps=20, guidance=4.0)
+        singles = generate(pipe, [prompt] * 8, seed=4000 + 8 * i)
         joint_psnr.append(consistency_psnr(views, orbit8, HELD_OUT_VIEWS, fit_config, seed=i))
         single_psnr.append(consistency_psnr(singles, orbit8, HELD_OUT_VIEWS, fit_config, seed=i))
         shown += [views, singles]

@@ -6,12 +6,14 @@ import torch
 
 from viewdiff.toy.classify import (
     accuracy,
+    classifier_accuracy,
     classify_colour,
     fit_shape_classifier,
     foreground,
     rgb_to_hsv,
+    toy_words,
 )
-from viewdiff.toy.quality import classifier_accuracy, colours_of, shapes_of, unit
+from viewdiff.toy.quality import unit
 
 
 def test_rgb_to_hsv_matches_colorsys():
@@ -42,7 +44,7 @@ def test_an_image_without_an_object_is_wrong_for_both(toy_fit):
     assert classify_colour(grey) == [None, None] and classifier(grey) == [None, None]
     assert accuracy([None, "ball"], ["ball", "ball"]) == 0.5
     # A swapped label is counted as wrong: the classifier does not just agree.
-    truth = shapes_of(toy_fit.captions[:1])[0]
+    truth = toy_words(toy_fit.captions[0])[1]
     wrong = next(s for s in ("ball", "box", "can") if s != truth)
     assert classifier_accuracy(classifier, unit(toy_fit)[:1], [f"a red {wrong}"])["shape"] == 0
-    assert colours_of(["an orange can"]) == ["orange"]
+    assert toy_words("an orange can") == ("orange", "can")

@@ -16,8 +16,9 @@ import infer
 from viewdiff.data.toy_objects import toy_prompts
 from viewdiff.inference.load import load_export, read_export
 from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW, TOY_SD
-from viewdiff.toy.classify import classify_colour, fit_shape_classifier
-from viewdiff.toy.quality import base_images, prior_views, text_to_image_accuracy, toy_orbit, unit
+from viewdiff.toy.classify import classifier_accuracy, classify_colour, fit_shape_classifier
+from viewdiff.toy.quality import prior_views, toy_orbit, unit
+from viewdiff.toy.t2i_training import generate
 from viewdiff.toy.vae_training import reconstruction_psnr
 
 
@@ -57,8 +58,8 @@ def test_the_toy_vae_reconstructs_held_out_views(toy_sd, toy_heldout):
 def test_the_toy_sd_draws_the_colour_and_shape_of_every_prompt(toy_sd, toy_fit):
     classifier = fit_shape_classifier(unit(toy_fit), toy_fit.categories)
     prompts = toy_prompts()
-    images = base_images(toy_sd, prompts, seed=1000, steps=20, guidance=4.0)
-    scores = text_to_image_accuracy(classifier, images, prompts)
+    images = generate(toy_sd, prompts, seed=1000, steps=20, guidance_scale=4.0)
+    scores = classifier_accuracy(classifier, images, prompts)
     assert scores["colour"] >= 0.85 and scores["shape"] >= 0.7, scores
 
 
@@ -69,5 +70,5 @@ def test_the_prior_draws_every_view_of_its_prompt(toy_fit):
     prompts = toy_prompts()[::3]  # 6 prompts: every colour, every shape
     views = prior_views(prior, prompts, toy_orbit(settings, 4, 64), settings, seed=2000)
     per_view = [p for p in prompts for _ in range(4)]
-    scores = text_to_image_accuracy(classifier, views.flatten(0, 1), per_view)
+    scores = classifier_accuracy(classifier, views.flatten(0, 1), per_view)
     assert scores["colour"] >= 0.85 and scores["shape"] >= 0.7, scores

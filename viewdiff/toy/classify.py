@@ -141,6 +141,23 @@ def fit_shape_classifier(
     return ShapeClassifier(weight.detach(), bias.detach(), mean, std)
 
 
+def toy_words(caption: str) -> tuple[str, str]:
+    """The colour and shape of a toy caption: 'an orange can' -> ('orange', 'can')."""
+    *_, colour, shape = caption.split()
+    return colour, shape
+
+
+def classifier_accuracy(
+    classifier: ShapeClassifier, images: Tensor, captions: Sequence[str]
+) -> dict[str, float]:
+    """Colour and shape accuracy on images (M, 3, H, W) in [0, 1] that should show ``captions``."""
+    words = [toy_words(caption) for caption in captions]
+    return {
+        "colour": accuracy(classify_colour(images), [colour for colour, _ in words]),
+        "shape": accuracy(classifier(images), [shape for _, shape in words]),
+    }
+
+
 def accuracy(predicted: Sequence[str | None], truth: Sequence[str]) -> float:
     """Fraction of predictions equal to the truth (None is always wrong)."""
     if len(predicted) != len(truth) or not truth:

@@ -1,13 +1,13 @@
 """What the toy world knows, measured: the pieces of ``bench/toy_quality.py`` (and its fast test).
 
 - ``make_toy_shards``: fresh toy objects (a seed of their own) in the CO3Dv2 layout and shards;
-- ``classifier_accuracy``: the classifiers of ``viewdiff.toy.classify`` on real renders (so that
-  their verdicts on generated images can be trusted);
-- ``text_to_image_accuracy``: colour and shape accuracy of images generated for prompts;
 - ``consistency_psnr``: fit 3D Gaussians to some views of one object, PSNR on the others: views
   that agree in 3D can be explained by one scene, inconsistent ones cannot;
-- ``base_images`` / ``prior_views``: images from the toy SD (one at a time) and from the
-  multi-view prior (N posed views jointly).
+- ``prior_views``: N posed views generated jointly by the multi-view prior (the toy SD's images,
+  one at a time, are ``viewdiff.toy.t2i_training.generate``'s).
+
+Colour and shape accuracy, on real renders and generated images alike, is
+``viewdiff.toy.classify.classifier_accuracy``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
 from viewdiff.config import SampleConfig
@@ -28,9 +27,8 @@ from viewdiff.inference.load import MultiViewPrior
 from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene
-from viewdiff.toy.classify import ShapeClassifier, accuracy, classify_colour, foreground
+from viewdiff.toy.classify import foreground
 from viewdiff.toy.images import ToyImages
-from viewdiff.toy.t2i_training import generate
 
 # A short 3DGS fit for 64 px object views: view-independent colour (SH 0), so that views that
 # disagree cannot be explained by view-dependent colour.
@@ -61,40 +59,6 @@ def make_toy_shards(
 def unit(images: ToyImages) -> Tensor:
     """The views (M, 3, H, W) in [0, 1]."""
     return images.images.float() / 255.0
-
-
-def colours_of(captions: Sequence[str]) -> list[str]:
-    """The colour word of toy captions ('a red ball' -> 'red')."""
-    return [caption.split()[-2] for caption in captions]
-
-
-def shapes_of(captions: Sequence[str]) -> list[str]:
-    """The shape word of toy captions ('a red ball' -> 'ball')."""
-    return [caption.split()[-1] for caption in captions]
-
-
-def classifier_accuracy(
-    classifier: ShapeClassifier, images: Tensor, captions: Sequence[str]
-) -> dict[str, float]:
-    """Colour and shape accuracy on images (M, 3, H, W) in [0, 1] with their true captions."""
-    return {
-        "colour": accuracy(classify_colour(images), colours_of(captions)),
-        "shape": accuracy(classifier(images), shapes_of(captions)),
-    }
-
-
-def text_to_image_accuracy(
-    classifier: ShapeClassifier, images: Tensor, prompts: Sequence[str]
-) -> dict[str, float]:
-    """Colour and shape accuracy of images (M, 3, H, W) in [0, 1] generated for ``prompts``."""
-    return classifier_accuracy(classifier, images, prompts)
-
-
-def base_images(
-    pipe: StableDiffusionPipeline, prompts: Sequence[str], seed: int, steps: int, guidance: float
-) -> Tensor:
-    """One image (B, 3, H, W) in [0, 1] per prompt from the toy SD (DDIM), seeds seed + i."""
-    return generate(pipe, list(prompts), seed, steps=steps, guidance_scale=guidance)
 
 
 def prior_views(

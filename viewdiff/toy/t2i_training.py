@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from viewdiff.data.toy_objects import toy_prompts
-from viewdiff.toy.classify import ShapeClassifier, accuracy, classify_colour
+from viewdiff.toy.classify import ShapeClassifier, classifier_accuracy
 from viewdiff.toy.images import ToyImages
 from viewdiff.toy.stage import Stage
 from viewdiff.visualize import image_grid, to_pil
@@ -160,12 +160,8 @@ def t2i_stage(
         shown = images[:: options.eval_samples_per_prompt]
         grid = image_grid([to_pil(image * 2.0 - 1.0) for image in shown], columns=6)
         writer.add_image("t2i/every_prompt", np.asarray(grid), step, dataformats="HWC")
-        colours = [p.split()[1] for p in prompts]
-        shapes = [p.split()[2] for p in prompts]
-        return {
-            "colour_accuracy": accuracy(classify_colour(images), colours),
-            "shape_accuracy": accuracy(classifier(images), shapes),
-        }
+        scores = classifier_accuracy(classifier, images, prompts)
+        return {f"{name}_accuracy": value for name, value in scores.items()}
 
     return Stage(
         name="unet",
