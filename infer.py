@@ -142,12 +142,14 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_trajectory_arguments(parser: argparse.ArgumentParser, cameras_flag: str) -> None:
     """The cameras of the generated views: an orbit, or a cameras.json file."""
-    group = parser.add_argument_group("trajectory (an orbit around the object box, or a file)")
+    group = parser.add_argument_group(
+        "trajectory (an orbit around the object box, or a file; defaults: the export's sample.*)"
+    )
     group.add_argument(cameras_flag, type=Path, help="cameras.json of the views to generate")
     group.add_argument("--views", type=int, default=8, help="views on the orbit")
-    group.add_argument("--elevation", type=float, help="degrees above the object (30)")
-    group.add_argument("--radius", type=float, help="distance to the box centre (4)")
-    group.add_argument("--fov", type=float, help="horizontal field of view, degrees (48)")
+    group.add_argument("--elevation", type=float, help="degrees above the object (elevation_deg)")
+    group.add_argument("--radius", type=float, help="distance to the box centre (radius)")
+    group.add_argument("--fov", type=float, help="horizontal field of view, degrees (fov_deg)")
     group.add_argument("--start-azimuth", type=float, default=0.0, help="first view, degrees")
     group.add_argument("--image-size", type=int, help="square side (the export's data.image_size)")
 
