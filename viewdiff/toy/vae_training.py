@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from viewdiff.inference.evaluate import to_unit_range, view_psnr
+from viewdiff.sampling import decode_latents, encode_images
 from viewdiff.toy.images import ToyImages
 from viewdiff.toy.stage import Stage
 from viewdiff.visualize import image_grid, to_pil
@@ -57,14 +58,13 @@ def random_crops(images: Tensor, crop: int, generator: torch.Generator) -> Tenso
     return torch.stack(crops)
 
 
-@torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: Tensor, batch_size: int = 64) -> Tensor:
-    """Reconstructions (M, 3, H, W) in [-1, 1] from the posterior means of images in [-1, 1]."""
+    """Reconstructions (M, 3, H, W) in [-1, 1] from the posterior means of images in [-1, 1]:
+    sampling's own encoder and decoder (given views are encoded so at inference)."""
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size].to(vae.device, vae.dtype)
-        latents = vae.encode(chunk).latent_dist.mode()
-        out.append(vae.decode(latents).sample.float().clamp(-1.0, 1.0).cpu())
+        chunk = images[start : start + batch_size, None]  # (m, 1, 3, H, W): m objects x 1 view
+        out.append(decode_latents(vae, encode_images(vae, chunk, sample=False)).cpu())
     return torch.cat(out)
 
 
