@@ -70,23 +70,25 @@ def _shift_factor(vae: AutoencoderKL) -> float:
     return getattr(vae.config, "shift_factor", None) or 0.0
 
 
-@torch.no_grad()
 def encode_images(
     vae: AutoencoderKL,
     images: Tensor,
     generator: torch.Generator | None = None,
     sample: bool = True,
+    grad: bool = False,
 ) -> Tensor:
     """Scaled latents (B*N, 4, H/8, W/8) of images (B, N, 3, H, W) in [-1, 1].
 
     ``sample``: a draw of the VAE's posterior with ``generator`` (SD's training, the reference);
     otherwise its mean (deterministic, for given views at inference). The scaling makes the
-    latents about unit variance (LDM, Sec. 3.1).
+    latents about unit variance (LDM, Sec. 3.1). ``grad``: differentiable w.r.t. the images
+    (score distillation backpropagates through the encoder into the renders).
     """
-    flat = images.flatten(0, 1).to(vae.device, vae.dtype)  # (B*N, 3, H, W)
-    posterior = vae.encode(flat).latent_dist
-    latents = posterior.sample(generator=generator) if sample else posterior.mode()
-    return (latents - _shift_factor(vae)) * vae.config.scaling_factor
+    with torch.set_grad_enabled(grad):
+        flat = images.flatten(0, 1).to(vae.device, vae.dtype)  # (B*N, 3, H, W)
+        posterior = vae.encode(flat).latent_dist
+        latents = posterior.sample(generator=generator) if sample else posterior.mode()
+        return (latents - _shift_factor(vae)) * vae.config.scaling_factor
 
 
 @torch.no_grad()
@@ -165,6 +167,44 @@ class ViewConditions:
     """(H, W) of the images."""
 
 
+def prior_predictions(
+    model: nn.Module,
+    latents: Tensor,
+    timesteps: Tensor,
+    conditions: ViewConditions,
+    guidance_scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The prior's guided and conditional predictions (B*N, C, h, w) for latents (B*N, C, h, w)
+    at per-view ``timesteps`` (B*N,): the one call path of sampling, SDS and editing.
+
+    Guidance drops the text and keeps the cameras; with ``guidance_scale`` 1 only the
+    conditional branch runs and both results are it. ``model`` is a ``MultiViewUNet``.
+    """
+    c = conditions
+    n_views = c.K.shape[1]
+    text, cameras = c.text.repeat_interleave(n_views, 0), [_rows(c.K), _rows(c.w2c), _rows(c.pose)]
+    guided = guidance_scale != 1.0
+    if guided:  # unconditional rows first: [uncond objects, cond objects], same cameras
+        if c.empty_text is None:
+            raise ValueError(f"guidance_scale={guidance_scale} needs the empty prompt's embedding")
+        text = torch.cat([c.empty_text.repeat_interleave(n_views, 0), text])
+        cameras = [torch.cat([x, x]) for x in cameras]
+        latents, timesteps = torch.cat([latents, latents]), timesteps.repeat(2)
+    dtype = model.unet.dtype
+    prediction = model(
+        latents.to(dtype),
+        timesteps,
+        text.to(dtype),
+        *cameras,
+        n_views=n_views,
+        image_size_hw=c.image_size_hw,
+    ).float()
+    if not guided:
+        return prediction, prediction
+    uncond, cond = prediction.chunk(2)
+    return guided_prediction(uncond, cond, guidance_scale), cond
+
+
 @torch.no_grad()
 def denoise_views(
     model: nn.Module,
@@ -177,12 +217,15 @@ def denoise_views(
     known: Tensor | None = None,
     clean: Tensor | None = None,
     show_progress: bool = False,
+    first_step: int = 0,
 ) -> Tensor:
     """Denoised latents (B, N, C, h, w) of B objects x N views, from standard normal ``noise``.
 
     ``known`` (B, N) bool marks views given clean, whose latents ``clean`` (B, N, C, h, w) are
     returned as they are; ``model`` is a ``MultiViewUNet``. Guidance needs
-    ``conditions.empty_text`` unless ``guidance_scale`` is 1.
+    ``conditions.empty_text`` unless ``guidance_scale`` is 1. With ``first_step`` k > 0 the
+    sampler's first k steps are skipped and ``noise`` holds the latents at its k-th timestep
+    (``scheduler.add_noise`` of clean latents there: SDEdit's start), not unit noise.
     """
     n_objects, n_views = noise.shape[:2]
     c = conditions
@@ -191,39 +234,24 @@ def denoise_views(
             f"noise {tuple(noise.shape)}, K {tuple(c.K.shape)}, text {tuple(c.text.shape)}: "
             "expected (B, N, ...) latents and cameras and B prompts"
         )
-    device, dtype = c.K.device, model.unet.dtype
+    device = c.K.device
     if (known is None) != (clean is None):
         raise ValueError("views given clean need both `known` and their `clean` latents")
     if known is None:
         known, clean = torch.zeros(n_objects, n_views, dtype=torch.bool), torch.zeros_like(noise)
     known = known.to(device).flatten()  # (B*N,)
     given, clean = known[:, None, None, None], _rows(clean).to(device, torch.float32)
-    text, cameras = c.text.repeat_interleave(n_views, 0), [_rows(c.K), _rows(c.w2c), _rows(c.pose)]
-    guided = guidance_scale != 1.0
-    if guided:  # unconditional rows first: [uncond objects, cond objects], same cameras
-        if c.empty_text is None:
-            raise ValueError(f"guidance_scale={guidance_scale} needs the empty prompt's embedding")
-        text = torch.cat([c.empty_text.repeat_interleave(n_views, 0), text])
-        cameras = [torch.cat([x, x]) for x in cameras]
     scheduler.set_timesteps(num_inference_steps, device=device)
-    latents = _rows(noise).to(device) * scheduler.init_noise_sigma
-    for t in tqdm(scheduler.timesteps, desc="denoising", disable=not show_progress, leave=False):
+    latents = _rows(noise).to(device)
+    if first_step == 0:
+        latents = latents * scheduler.init_noise_sigma
+    steps = scheduler.timesteps[first_step * scheduler.order :]
+    for t in tqdm(steps, desc="denoising", disable=not show_progress, leave=False):
         latents = torch.where(given, clean, latents)
         # Given views enter clean at t = 0, unscaled: they are x_0, not a sample of the sampler.
         model_input = torch.where(given, clean, scheduler.scale_model_input(latents, t))
         timesteps = torch.where(known, 0, t.to(device)).long()  # (B*N,)
-        if guided:
-            model_input, timesteps = torch.cat([model_input, model_input]), timesteps.repeat(2)
-        prediction = model(
-            model_input.to(dtype),
-            timesteps,
-            text.to(dtype),
-            *cameras,
-            n_views=n_views,
-            image_size_hw=c.image_size_hw,
-        ).float()
-        if guided:
-            prediction = guided_prediction(*prediction.chunk(2), guidance_scale)
+        prediction, _ = prior_predictions(model, model_input, timesteps, c, guidance_scale)
         step = scheduler.step(prediction, t, latents, **_step_kwargs(scheduler, generator))
         latents = step.prev_sample
     latents = torch.where(given, clean, latents)

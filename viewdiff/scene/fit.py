@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -185,14 +185,25 @@ class GaussianFitter:
 
     ``targets`` (V, 3, H, W) are what the loss compares renders with (the images, masked onto
     the background); a caller may replace them between steps, e.g. with edited views.
+
+    A loop with a loss of its own (score distillation) passes no views but the scene ``extent``,
+    and drives the fitter with ``begin_step`` / its own renders and backward / ``end_step``.
     """
 
-    def __init__(self, scene: GaussianScene, views: PosedViews, config: FitConfig) -> None:
+    def __init__(
+        self,
+        scene: GaussianScene,
+        views: PosedViews | None,
+        config: FitConfig,
+        extent: float | None = None,
+    ) -> None:
+        if views is None and extent is None:
+            raise ValueError("GaussianFitter needs views or the scene extent")
         self.config = config
-        self.views = views.to(scene.means)
+        self.views = None if views is None else views.to(scene.means)
         self.background = torch.tensor(config.background).to(scene.means)
-        self.targets = self.views.targets(self.background)
-        self.extent = scene_extent(self.views.w2c, scene)
+        self.targets = None if self.views is None else self.views.targets(self.background)
+        self.extent = scene_extent(self.views.w2c, scene) if extent is None else extent
         start = scene.detach().with_sh_degree(config.sh_degree)
         self.params = {name: t.requires_grad_(True) for name, t in start.tensors().items()}
         lrs = {
@@ -229,11 +240,29 @@ class GaussianFitter:
             self._view_order = order.tolist()
         return self._view_order.pop()
 
-    def step(self, view: int | None = None) -> float:
-        """One optimisation step on one view (random if None); returns the loss."""
-        view = self.next_view() if view is None else view
+    def begin_step(self) -> None:
+        """Count a step and set its learning rates; the caller renders, backpropagates and
+        calls ``end_step``."""
         self.iteration += 1
         self.optimizer.param_groups[0]["lr"] = position_lr(self.config, self.iteration, self.extent)
+
+    def end_step(self, renders: Sequence[RenderOutput]) -> None:
+        """After the backward pass through ``renders``: Adam, then density control on their
+        view-space gradients (3DGS's schedule), then zero the gradients."""
+        with torch.no_grad():
+            self.optimizer.step()
+            if self.iteration <= self.config.densify_until:
+                for out in renders:
+                    self.stats.add(out, out.rgb.shape[-1], out.rgb.shape[-2])
+                self._density_control(max(renders[0].rgb.shape[-2:]))
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, view: int | None = None) -> float:
+        """One optimisation step on one view (random if None); returns the loss."""
+        if self.views is None or self.targets is None:
+            raise ValueError("this fitter has no views: drive it with begin_step / end_step")
+        view = self.next_view() if view is None else view
+        self.begin_step()
         height, width = self.targets.shape[-2:]
         out = render(
             self.scene,
@@ -247,12 +276,7 @@ class GaussianFitter:
         )
         loss = splatting_loss(out.rgb, self.targets[view], self.config.lambda_dssim)
         loss.backward()
-        with torch.no_grad():
-            self.optimizer.step()
-            if self.iteration <= self.config.densify_until:
-                self.stats.add(out, width, height)
-                self._density_control(max(height, width))
-            self.optimizer.zero_grad(set_to_none=True)
+        self.end_step([out])
         return loss.item()
 
     def _density_control(self, image_size: int) -> None:
