@@ -61,6 +61,7 @@ from viewdiff.config import save_config as write_config
 from viewdiff.diffusion import noise_scheduler, resolve_prediction_type
 from viewdiff.model import MultiViewUNet
 from viewdiff.training.base_pipeline import BasePipeline, freeze_encoders, load_base_pipeline
+from viewdiff.training.camera_record import CameraRecord
 from viewdiff.training.checkpoints import (
     TrainingState,
     checkpoint_path,
@@ -104,6 +105,7 @@ class Run:
     scheduler: DDPMScheduler
     data: SegmentedBatches
     state: TrainingState
+    cameras: CameraRecord  # the training cameras seen so far (main rank), for the export
     saved_step: int | None = None  # the step of this run's last checkpoint
     skipped_before: int = 0  # on the main rank: samples skipped before the resumed checkpoint
 
@@ -228,7 +230,8 @@ def set_up(config: Config, checkpoint: Path | None) -> Run:
         ema=ema,
     )
     skipped_before = state.skipped_samples if accelerator.is_main_process else 0
-    return Run(config, parts, model, scheduler, data, state, skipped_before=skipped_before)
+    cameras = CameraRecord.from_dict(state.cameras)
+    return Run(config, parts, model, scheduler, data, state, cameras, skipped_before=skipped_before)
 
 
 def save(run: Run, step: int) -> Path:
@@ -237,7 +240,9 @@ def save(run: Run, step: int) -> Path:
     if run.saved_step == step:  # a stop request right after a periodic checkpoint
         return checkpoint_path(run.config.train.output_dir, step)
     skipped = accelerator.reduce(torch.tensor(run.skipped_samples()), reduction="sum")
-    run.state = dataclasses.replace(run.state, step=step, skipped_samples=int(skipped))
+    run.state = dataclasses.replace(
+        run.state, step=step, skipped_samples=int(skipped), cameras=run.cameras.to_dict()
+    )
     position = {
         "rank": accelerator.process_index,
         "step": step,
@@ -254,7 +259,7 @@ def save(run: Run, step: int) -> Path:
 def export(run: Run, step: int) -> None:
     """Write the inference export (main rank)."""
     if run.parts.accelerator.is_main_process:
-        export_model(run.model, run.config, run.scheduler, step, run.parts.ema)
+        export_model(run.model, run.config, run.scheduler, step, run.parts.ema, run.cameras)
 
 
 def log_interval(run: Run, step: int, meter: IntervalMeter, progress: tqdm) -> None:
@@ -280,7 +285,10 @@ def run_loop(run: Run, stop: StopRequest) -> int:
     while step < train.max_steps:
         # One optimiser step: G micro-batches, forward, backward, clip, update.
         run.data.wait_seconds, started = 0.0, time.perf_counter()
-        outcome = train_step(run.parts, run.data.step_batches(step), step)
+        batches = run.data.step_batches(step)
+        for batch in batches:
+            run.cameras.add(batch["K"], batch["w2c"], run.config.data.image_size)
+        outcome = train_step(run.parts, batches, step)
         step += 1
         if outcome.skipped:
             skipped_steps = run.state.nan_skipped_steps + 1

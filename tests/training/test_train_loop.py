@@ -74,6 +74,14 @@ def test_two_step_run_writes_config_logs_checkpoint_validation_and_export(
     assert base_model["step"] == 2 and not base_model["ema"]
     scheduler = json.loads((out / "model" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["rescale_betas_zero_snr"] and scheduler["prediction_type"] == "epsilon"
+    # The training cameras travel in the checkpoint and reach the export, for SDS.
+    state = read_training_state(out / "checkpoints" / "checkpoint-2")
+    cameras = json.loads((out / "model" / "camera_distribution.json").read_text())
+    batch_views = config.train.batch_size * config.train.gradient_accumulation_steps
+    assert state.cameras["count"] == cameras["views"] == 2 * batch_views * config.data.n_views
+    for name in ("radius", "elevation_deg", "fov_deg", "half_width"):
+        low, high = cameras[name]["range"]
+        assert cameras[name]["min"] <= low <= cameras[name]["mean"] <= high <= cameras[name]["max"]
 
 
 def test_checkpoints_every_two_steps_keep_the_last_two(run_args, tmp_path):

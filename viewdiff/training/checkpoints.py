@@ -63,6 +63,8 @@ class TrainingState:
     """Corrupt samples skipped by the loaders so far, summed over ranks."""
     nan_skipped_steps: int = 0
     """Steps skipped for a NaN/inf loss (train.nan_policy=skip)."""
+    cameras: dict | None = None
+    """The main rank's record of the training cameras so far (``CameraRecord.to_dict``)."""
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

@@ -4,6 +4,9 @@
                        ``save_multiview_unet`` (the UNet weights by mode: full, lora, none)
     config.json        the resolved config of the run
     scheduler/         the training noise schedule (betas, zero terminal SNR, prediction type)
+    camera_distribution.json
+                       radius, elevation and field of view of the training cameras
+                       (``viewdiff.training.camera_record``), for score distillation
     base_model.json    the base pipeline it was trained from (path or hub id + revision; a local
                        folder also as a path relative to the export, so that an export moved
                        together with its base, or shipped in the package, still finds it), the
@@ -26,6 +29,7 @@ from diffusers import DDPMScheduler
 
 from viewdiff.config import Config, save_config
 from viewdiff.model import MultiViewUNet, save_multiview_unet
+from viewdiff.training.camera_record import CameraRecord, write_camera_distribution
 from viewdiff.training.checkpoints import sync_folder
 from viewdiff.training.ema import EMA
 from viewdiff.training.modes import EXPORT_UNET_WEIGHTS
@@ -56,6 +60,7 @@ def export_model(
     noise_scheduler: DDPMScheduler,
     step: int,
     ema: EMA | None = None,
+    cameras: CameraRecord | None = None,
 ) -> Path:
     """Write the inference export of ``model`` (main rank only); returns ``model/``."""
     final = export_path(config.train.output_dir)
@@ -65,6 +70,8 @@ def export_model(
         save_multiview_unet(model, tmp, unet_weights=EXPORT_UNET_WEIGHTS[config.train.mode])
     save_config(config, tmp / "config.json")
     noise_scheduler.save_pretrained(tmp / "scheduler")
+    if cameras is not None and cameras.count:
+        write_camera_distribution(tmp, cameras)
     base = {
         "pretrained_model": config.model.pretrained_model,
         "revision": config.model.revision,
