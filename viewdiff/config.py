@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from viewdiff.sds.config import SdsConfig
 from viewdiff.strict_config import ConfigError, apply_override, build, describe_fields, read_yaml
 
 # The schema: every section and field, with its default and its documentation.
@@ -249,7 +250,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole run: model, data and training."""
+    """A whole run: model, data, training, and the uses of the trained prior."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base pipeline and the multi-view additions."""
@@ -262,6 +263,9 @@ class Config:
 
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Generation with the trained prior (infer.py)."""
+
+    sds: SdsConfig = field(default_factory=SdsConfig)
+    """Score distillation of a 3D scene with the trained prior (infer.py sds)."""
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
