@@ -8,6 +8,7 @@ Commands:
             many views): PNGs, a grid, a turntable GIF/MP4 and cameras.json
   condition generate novel views of the object in one or more input images, same outputs
   eval      novel-view synthesis on held-out shards: PSNR/SSIM with and without masks
+  sds       text-to-3D / image-to-3D: distil a 3D Gaussian scene by score distillation
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from viewdiff.inference.trajectory import (
 from viewdiff.sampling import SCHEDULERS
 from viewdiff.scene.gaussians import read_gaussian_ply
 from viewdiff.scene.turntable import mp4_available, render_turntable, save_turntable
+from viewdiff.sds.cli import add_sds_command
 from viewdiff.visualize import draw_box_views, image_grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -352,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     add_sample_command(commands)
     add_condition_command(commands)
     add_eval_command(commands)
+    add_sds_command(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)
