@@ -1,5 +1,6 @@
 """The benchmarks run (their figures are printed, not tested)."""
 
+import json
 import runpy
 import sys
 
@@ -29,3 +30,26 @@ def test_toy_quality_benchmark_measures_every_figure_quickly(tmp_path, capsys):
     assert 0 <= figures["t2i_base"]["colour"] <= 1 and "psnr" in figures["novel_views"]
     assert "VAE held-out PSNR" in capsys.readouterr().out
     assert (tmp_path / "quality.json").is_file() and (tmp_path / "consistency.png").is_file()
+
+
+def test_sds_step_benchmark_splits_the_step(capsys):
+    runpy.run_path("bench/sds_step.py")["main"](["--steps", "1", "--gaussians", "200"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("ms/step" in line and "prior" in line for line in lines), lines
+
+
+def test_sds_full_benchmark_needs_cuda(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        runpy.run_path("bench/sds_step.py")["main"](["--full"])
+
+
+def test_sds_quality_benchmark_runs_every_check_quickly(tmp_path, capsys):
+    main = runpy.run_path("bench/sds_quality.py")["main"]
+    assert main(["--quick", "--work", str(tmp_path), "--prompts", "a red ball"]) == 0
+    figures = json.loads((tmp_path / "sds_quality.json").read_text())
+    (text,) = figures["text_to_3d"]
+    assert 0 <= text["colour_right"] <= 1 and len(text["parts"]) == 8
+    image = figures["image_to_3d"]
+    assert 0 < image["psnr_constant_colour"] < 100 and 0 < image["psnr_other_views"] < 100
+    assert (tmp_path / "sds_quality.png").is_file() and "image to 3D" in capsys.readouterr().out
