@@ -155,6 +155,11 @@ class ScoreDistillation:
             raise ValueError(f"sds.image_size must be a positive multiple of 8, got {self.size}")
         if image is not None and self.n_views < 2:
             raise ValueError("image-to-3D needs at least 2 views per group (the given + one)")
+        if image is not None and tuple(image.image.shape) != (3, self.size, self.size):
+            got = tuple(image.image.shape)
+            raise ValueError(
+                f"the given view is {got}; the renders are (3, {self.size}, {self.size})"
+            )
         device = prior.device
         self.scheduler = DDPMScheduler.from_config(prior.scheduler_config)
         text = encode_prompts(prior.text_encoder, prior.tokenizer, [prompt, ""]).float()
