@@ -9,6 +9,8 @@ Commands:
   condition generate novel views of the object in one or more input images, same outputs
   eval      novel-view synthesis on held-out shards: PSNR/SSIM with and without masks
   sds       text-to-3D / image-to-3D: distil a 3D Gaussian scene by score distillation
+  invert    edit-friendly DDPM inversion of real views (one, or N posed views jointly)
+  edit      regenerate an inversion with a target prompt
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
 from viewdiff.config import SampleConfig
+from viewdiff.editing.cli import add_edit_command, add_invert_command
 from viewdiff.inference.autoregressive import check_sample_config, generate_views
 from viewdiff.inference.evaluate import format_table, write_results
 from viewdiff.inference.heldout import check_heldout_shards, evaluate_heldout
@@ -355,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     add_condition_command(commands)
     add_eval_command(commands)
     add_sds_command(commands)
+    add_invert_command(commands)
+    add_edit_command(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)
