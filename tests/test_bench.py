@@ -53,3 +53,20 @@ def test_sds_quality_benchmark_runs_every_check_quickly(tmp_path, capsys):
     image = figures["image_to_3d"]
     assert 0 < image["psnr_constant_colour"] < 100 and 0 < image["psnr_other_views"] < 100
     assert (tmp_path / "sds_quality.png").is_file() and "image to 3D" in capsys.readouterr().out
+
+
+def test_inversion_benchmark_times_both_priors(capsys):
+    runpy.run_path("bench/inversion.py")["main"](["--steps", "4", "--skip", "1", "--views", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("invert 4 steps" in line for line in lines), lines
+
+
+def test_edit_quality_benchmark_measures_every_figure_quickly(tmp_path, capsys):
+    assert (
+        runpy.run_path("bench/edit_quality.py")["main"](["--quick", "--work", str(tmp_path)]) == 0
+    )
+    (result,) = json.loads((tmp_path / "edit_quality.json").read_text())["objects"]
+    assert result["max_latent_error"] <= 1e-4 and result["caption"] == "a red ball"
+    for name in ("joint", "one_by_one"):
+        assert 0 <= result[name]["colour_right"] <= 1 and 0 < result[name]["background_psnr"] < 100
+    assert (tmp_path / "edit_quality.png").is_file() and "| joint |" in capsys.readouterr().out
