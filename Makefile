@@ -40,13 +40,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # The main job on the embedded default, offline, on a CPU: the shipped toy prior generates
-# (viewdiff/assets/toy), then a short fine-tune of the shipped toy base shows training.
+# (viewdiff/assets/toy) and distils a 3D scene (150 SDS steps), then a short fine-tune of the
+# shipped toy base shows training.
 demo: $(STAMP)
 	mkdir -p $(DEMO)
 	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(TOY_ASSETS)/multiview \
 		--prompts configs/toy_prompts.txt --views 8 --out $(DEMO)/toy-samples
 	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(TOY_ASSETS)/multiview \
 		--prompt "a blue box" --views 36 --window 8 --max-conditions 8 --out $(DEMO)/toy-turntable
+	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sds --config configs/sds_tiny.yaml \
+		--checkpoint $(TOY_ASSETS)/multiview --prompt "a red ball" --steps 150 --out $(DEMO)/toy-sds
 	$(BIN)/python train.py --config configs/toy_cpu.yaml --print-config > $(DEMO)/config.yaml
 	$(BIN)/python data/make_synthetic.py --out $(DEMO)/co3d --style toy --sequences 2 --frames 12 \
 		--size 96x96 --overwrite
@@ -63,7 +66,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python infer.py sample --checkpoint $(DEMO)/train/model \
 		--prompt "a red ball" --views 8 --out $(DEMO)/sample
 	@echo "demo: the shipped toy prior's samples $(DEMO)/toy-samples/*/grid.png and a 36-view" \
-		"turntable $(DEMO)/toy-turntable/turntable.mp4 (.gif); then config $(DEMO)/config.yaml," \
+		"turntable $(DEMO)/toy-turntable/turntable.mp4 (.gif), a 3D scene distilled by SDS" \
+		"$(DEMO)/toy-sds/ (scene.ply, turntable.gif); then config $(DEMO)/config.yaml," \
 		"toy objects in the CO3D layout $(DEMO)/co3d, shards $(DEMO)/shards, a batch" \
 		"$(DEMO)/batch.png, 30 fine-tuning steps of the toy base $(DEMO)/train (export" \
 		"$(DEMO)/train/model, grids $(DEMO)/train/validation, tensorboard --logdir" \
