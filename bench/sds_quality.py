@@ -34,11 +34,10 @@ from viewdiff.scene.gaussians import read_gaussian_ply  # noqa: E402
 from viewdiff.scene.losses import psnr  # noqa: E402
 from viewdiff.scene.render import render  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
-from viewdiff.toy.classify import toy_words  # noqa: E402
+from viewdiff.toy.classify import classify_colour, toy_words  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import make_toy_shards  # noqa: E402
 from viewdiff.toy.scene_checks import (  # noqa: E402
-    colours_per_view,
     constant_colour_psnr,
     silhouette_parts,
 )
@@ -57,7 +56,7 @@ def text_to_3d(checkpoint: Path, prompt: str, out: Path, extra: list[str]) -> di
             "--prompt", prompt, "--out", str(out), *extra]  # fmt: skip
     infer.main(argv)
     frames = frames_of(out)
-    colours, parts = colours_per_view(frames), silhouette_parts(frames)
+    colours, parts = classify_colour(frames), silhouette_parts(frames)
     wanted = toy_words(prompt)[0]
     document = json.loads((out / "sds.json").read_text())
     return {

@@ -1,6 +1,6 @@
 """What a distilled toy scene shows, measured without fitting anything (``bench/sds_quality.py``).
 
-- ``colours_per_view``: the toy colour rule (``viewdiff.toy.classify``) on every turntable frame;
+- the colour of each turntable frame is the toy colour rule's (``viewdiff.toy.classify``);
 - ``silhouette_parts``: how many separate pieces each frame's foreground has: one object seen
   from anywhere is one piece, a Janus or scattered scene is several;
 - ``constant_colour_psnr``: the PSNR of the best constant-colour scene (every pixel the mean
@@ -14,12 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from viewdiff.scene.losses import psnr
-from viewdiff.toy.classify import MIN_FOREGROUND, classify_colour, foreground
-
-
-def colours_per_view(frames: Tensor) -> list[str | None]:
-    """The toy colour of each frame (V, 3, H, W) in [0, 1] (None: no object)."""
-    return classify_colour(frames)
+from viewdiff.toy.classify import MIN_FOREGROUND, foreground
 
 
 def connected_parts(mask: Tensor, min_fraction: float = MIN_FOREGROUND / 4) -> int:
