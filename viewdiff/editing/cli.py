@@ -35,7 +35,8 @@ from viewdiff.inference.inputs import (
     load_single_view,
     read_image,
 )
-from viewdiff.inference.load import read_export
+from viewdiff.inference.load import chosen_device, read_export
+from viewdiff.inference.outputs import output_folder, write_views
 from viewdiff.inference.trajectory import Trajectory, default_input_camera, read_trajectory
 from viewdiff.sampling import decode_latents, encode_images
 from viewdiff.scene.losses import psnr
@@ -80,25 +81,6 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_edit)
 
 
-def _device(name: str | None) -> str:
-    """The chosen device, checked."""
-    device = name or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here")
-    return device
-
-
-def _out(path: Path) -> Path:
-    """``--out`` created, or a ValueError naming it."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {path}: cannot create it ({error.strerror})") from None
-    return path
-
-
 def input_views(
     args: argparse.Namespace, kind: str, size: int, sample: SampleConfig | None
 ) -> tuple[torch.Tensor, Trajectory | None]:
@@ -121,12 +103,13 @@ def run_invert(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be at least 2, got {args.steps}")
     if not args.cfg_src >= 1.0:
         raise ValueError(f"--cfg-src must be >= 1, got {args.cfg_src}")
-    out = _out(args.out)
+    out = output_folder(args.out)
     kind = check_editing_model(args.checkpoint)
-    sample = read_export(args.checkpoint).config.sample if kind == "multiview" else None
-    size = _image_size(args.checkpoint, kind)
+    export = read_export(args.checkpoint) if kind == "multiview" else None
+    sample = None if export is None else export.config.sample
+    size = export.config.data.image_size if export is not None else _sd_image_size(args.checkpoint)
     images, cameras = input_views(args, kind, size, sample)
-    device = _device(args.device)
+    device = chosen_device(args.device)
     editing = load_editing_model(args.checkpoint, device)
     dtype = DTYPES[args.dtype]
     x0 = encode_images(editing.vae, images[None], sample=False).to(dtype)  # (M, C, h, w)
@@ -163,8 +146,8 @@ def run_invert(args: argparse.Namespace) -> None:
         "max_latent_error": float((reconstruction - x0).abs().max()),
     }
     (out / "reconstruction.json").write_text(json.dumps(scores, indent=2) + "\n")
-    _save_views(out / "inputs", images)
-    _save_views(out / "reconstruction", decoded)
+    write_views(out / "inputs", images)
+    write_views(out / "reconstruction", decoded)
     image_grid([to_pil(x) for x in torch.cat([images, decoded])], len(images)).save(
         out / "grid.png"
     )
@@ -180,7 +163,7 @@ def run_edit(args: argparse.Namespace) -> None:
     document, inversion = read_inversion(args.inversion)
     if not 0 <= args.skip < inversion.num_steps:
         raise ValueError(f"--skip must be in [0, {inversion.num_steps}), got {args.skip}")
-    out = _out(args.out)
+    out = output_folder(args.out)
     checkpoint = args.checkpoint or Path(document["checkpoint"])
     kind = check_editing_model(checkpoint)
     if kind != document["kind"]:
@@ -190,13 +173,13 @@ def run_edit(args: argparse.Namespace) -> None:
     cameras = None
     if kind == "multiview":
         cameras = read_trajectory(args.inversion / "cameras.json")
-    editing = load_editing_model(checkpoint, _device(args.device))
+    editing = load_editing_model(checkpoint, chosen_device(args.device))
     inversion = _to(inversion, editing.device)
     denoise = denoiser(editing, args.prompt, args.cfg_tar, cameras)
     edited = generate(denoise, editing.scheduler(), inversion, args.skip, show_progress=True)
     views = decode_latents(editing.vae, edited.float())
     before = decode_latents(editing.vae, inversion.xs[-1].float())
-    _save_views(out / "views", views)
+    write_views(out / "views", views)
     image_grid([to_pil(x) for x in views]).save(out / "grid.png")
     image_grid([to_pil(x) for x in torch.cat([before, views])], len(views)).save(
         out / "before_after.png"
@@ -269,10 +252,8 @@ def _to(inversion: Inversion, device: torch.device) -> Inversion:
     )
 
 
-def _image_size(checkpoint: Path, kind: str) -> int:
-    """The model's image side, read from its config files."""
-    if kind == "multiview":
-        return read_export(checkpoint).config.data.image_size
+def _sd_image_size(checkpoint: Path) -> int:
+    """A Stable Diffusion folder's native image side, from its UNet config."""
     unet = json.loads((checkpoint / "unet" / "config.json").read_text())
     return int(unet["sample_size"]) * 8
 
@@ -280,10 +261,3 @@ def _image_size(checkpoint: Path, kind: str) -> int:
 def _psnr(image: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR (dB) of two images in [-1, 1]."""
     return psnr((image.cpu() + 1) / 2, (target.cpu() + 1) / 2)
-
-
-def _save_views(folder: Path, images: torch.Tensor) -> None:
-    """view_XXX.png of images (M, 3, H, W) in [-1, 1]."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        to_pil(image.cpu()).save(folder / f"view_{index:03d}.png")

@@ -119,6 +119,15 @@ def base_model_location(path: Path, base: dict[str, Any]) -> str:
     return base["pretrained_model"]
 
 
+def chosen_device(name: str | None) -> str:
+    """``--device``, or cuda when there is one, else cpu; a ValueError if CUDA is asked for and
+    absent (before any model is built)."""
+    device = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here")
+    return device
+
+
 def _from_base(cls: type, info: ExportInfo, part: str) -> Any:
     """One part of the base pipeline, with an error that names the export and the part."""
     try:

@@ -35,8 +35,19 @@ def to_frames(images: Tensor) -> np.ndarray:
     return np.stack([np.asarray(to_pil(image)) for image in images])
 
 
-def _write_views(folder: Path, images: Tensor, prefix: str) -> list[Path]:
-    """``folder/<prefix>_XXX.png`` for every image (V, 3, H, W)."""
+def output_folder(path: Path) -> Path:
+    """``--out`` created (parents too), or a ValueError naming it: checked before any compute."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {path}: cannot create it ({error.strerror})") from None
+    return path
+
+
+def write_views(folder: Path, images: Tensor, prefix: str = "view") -> list[Path]:
+    """``folder/<prefix>_XXX.png`` for every image (V, 3, H, W) in [-1, 1]."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(images):
@@ -58,7 +69,7 @@ def save_generation(
     out_dir = Path(out_dir)
     if images.shape[0] != len(trajectory):
         raise ValueError(f"{images.shape[0]} views for {len(trajectory)} cameras")
-    written = _write_views(out_dir / VIEWS_DIR, images, "view")
+    written = write_views(out_dir / VIEWS_DIR, images, "view")
     pictures = [to_pil(image) for image in images]
     image_grid(pictures).save(out_dir / "grid.png")
     frames = to_frames(images)
@@ -70,7 +81,7 @@ def save_generation(
     write_cameras(out_dir / "cameras.json", trajectory.K, trajectory.w2c, trajectory.image_size_hw)
     written.append(out_dir / "cameras.json")
     if given_images is not None and given_cameras is not None:
-        written += _write_views(out_dir / INPUTS_DIR, given_images, "input")
+        written += write_views(out_dir / INPUTS_DIR, given_images, "input")
         path = out_dir / "input_cameras.json"
         write_cameras(path, given_cameras.K, given_cameras.w2c, given_cameras.image_size_hw)
         written.append(path)

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 from viewdiff.config import SampleConfig, load_config
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.inputs import load_given_views, load_single_view, read_image
-from viewdiff.inference.load import ExportInfo, MultiViewPrior, load_export, read_export
+from viewdiff.inference.load import (
+    ExportInfo,
+    MultiViewPrior,
+    chosen_device,
+    load_export,
+    read_export,
+)
+from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.trajectory import default_input_camera, orbit_trajectory, read_trajectory
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
@@ -133,16 +140,6 @@ def check_sds_config(config: SdsConfig) -> None:
         raise ValueError(f"sds.sh_degree must be 0..3, got {config.sh_degree}")
 
 
-def check_output_folder(out: Path) -> None:
-    """Create ``out`` or fail now, naming it."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {out}: cannot create it ({error.strerror})") from None
-
-
 def given_image(args: argparse.Namespace, size: int, sample: SampleConfig) -> ImageCondition | None:
     """The given view of image-to-3D at the render size, with its camera, or None."""
     if args.image is None:
@@ -192,7 +189,7 @@ def run_sds(args: argparse.Namespace) -> None:
     # Inputs first, before any model is built.
     if not args.prompt.strip():
         raise ValueError("--prompt is empty: SDS needs a text of the object")
-    check_output_folder(args.out)
+    output_folder(args.out)
     export = read_export(args.checkpoint)
     config = sds_settings(args)
     size = config.image_size or export.config.data.image_size
@@ -204,9 +201,7 @@ def run_sds(args: argparse.Namespace) -> None:
         scene = read_gaussian_ply(args.init).with_sh_degree(config.sh_degree)
     if args.resume is not None:
         read_state(args.resume)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here")
+    device = chosen_device(args.device)
     # The prior, the cameras and the start.
     prior = load_export(args.checkpoint, device, DTYPES[args.dtype])
     ranges = camera_ranges(export.path, export.config.sample, config)
