@@ -26,6 +26,7 @@ from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
 from viewdiff.config import SampleConfig
 from viewdiff.editing.cli import add_edit_command, add_invert_command
+from viewdiff.editing.scene_cli import add_edit_scene_command
 from viewdiff.inference.autoregressive import check_sample_config, generate_views
 from viewdiff.inference.evaluate import format_table, write_results
 from viewdiff.inference.heldout import check_heldout_shards, evaluate_heldout
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     add_sds_command(commands)
     add_invert_command(commands)
     add_edit_command(commands)
+    add_edit_scene_command(commands)
     args = parser.parse_args(argv)
     try:
         args.run(args)

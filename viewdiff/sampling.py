@@ -173,12 +173,14 @@ def prior_predictions(
     timesteps: Tensor,
     conditions: ViewConditions,
     guidance_scale: float,
+    control: Any = None,
 ) -> tuple[Tensor, Tensor]:
     """The prior's guided and conditional predictions (B*N, C, h, w) for latents (B*N, C, h, w)
     at per-view ``timesteps`` (B*N,): the one call path of sampling, SDS and editing.
 
     Guidance drops the text and keeps the cameras; with ``guidance_scale`` 1 only the
-    conditional branch runs and both results are it. ``model`` is a ``MultiViewUNet``.
+    conditional branch runs and both results are it. ``model`` is a ``MultiViewUNet``;
+    ``control`` an ``AttentionControl`` of TrAME's dual-branch calls (objects [source, target]).
     """
     c = conditions
     n_views = c.K.shape[1]
@@ -191,6 +193,7 @@ def prior_predictions(
         cameras = [torch.cat([x, x]) for x in cameras]
         latents, timesteps = torch.cat([latents, latents]), timesteps.repeat(2)
     dtype = model.unet.dtype
+    extra = {} if control is None else {"control": control}
     prediction = model(
         latents.to(dtype),
         timesteps,
@@ -198,6 +201,7 @@ def prior_predictions(
         *cameras,
         n_views=n_views,
         image_size_hw=c.image_size_hw,
+        **extra,
     ).float()
     if not guided:
         return prediction, prediction

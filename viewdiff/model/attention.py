@@ -21,13 +21,16 @@ processors; xformers is offered here instead (``ModelConfig.attention_backend``)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import Tensor
 
 from viewdiff.model.lora import PoseLoRA, with_condition
+
+if TYPE_CHECKING:
+    from viewdiff.editing.attention_control import AttentionControl
 
 AttentionBackend = Literal["sdpa", "xformers"]
 
@@ -55,6 +58,8 @@ class MultiViewCondition:
     """(H, W) of the images that ``K`` refers to."""
     unprojected: Tensor | None = None
     """(B*N,) bool: views lifted into the projection layers' grids (None: all)."""
+    control: AttentionControl | None = None
+    """TrAME's attention control of this call (``viewdiff.editing.attention_control``)."""
 
 
 class MultiViewAttnProcessor:
@@ -120,7 +125,15 @@ class MultiViewAttnProcessor:
 
         query, key, value = self._project_qkv(attn, hidden_states, encoder_hidden_states, multiview)
         n_views = multiview.n_views if (self.cross_frame and is_self_attention) else 1
-        hidden_states = self._attend(attn, query, key, value, attention_mask, n_views)
+        control = None if multiview is None else multiview.control
+        if control is not None and is_self_attention and control.inject_self:
+            query, key = control.borrow_rows(query), control.borrow_rows(key)
+        if control is not None and not is_self_attention and control.replace_cross:
+            from viewdiff.editing.attention_control import attend_with_control
+
+            hidden_states = attend_with_control(query, key, value, attn.heads, control)
+        else:
+            hidden_states = self._attend(attn, query, key, value, attention_mask, n_views)
 
         out = attn.to_out[0](hidden_states)
         if self.lora is not None:

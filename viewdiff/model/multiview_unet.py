@@ -24,7 +24,7 @@ b*N .. b*N+N-1, ``timesteps`` (B*N,) per view, ``encoder_hidden_states`` (B*N, 7
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -37,6 +37,9 @@ from viewdiff.config import ModelConfig
 from viewdiff.model.attention import MultiViewAttnProcessor, MultiViewCondition
 from viewdiff.model.lora import PoseLoRA
 from viewdiff.model.projection import ProjectionLayer
+
+if TYPE_CHECKING:
+    from viewdiff.editing.attention_control import AttentionControl
 
 BASE_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 VAE_SCALE_FACTOR = 8  # SD's VAE: images are 8x the latents
@@ -172,12 +175,13 @@ class MultiViewUNet(nn.Module):
         n_views: int,
         image_size_hw: tuple[int, int] | None = None,
         unprojected_views: Tensor | None = None,
+        control: AttentionControl | None = None,
     ) -> Tensor:
         """Predicted noise (or v) (B*N, 4, h, w) for N posed views per object (see the module).
 
         ``image_size_hw`` is the size of the images ``K`` refers to (default 8x the latents);
         ``unprojected_views`` (B*N or B,N) bool says which views the projection layers lift
-        into their grids (default all).
+        into their grids (default all); ``control`` is TrAME's attention control of this call.
         """
         if latents.ndim != 4:
             raise ValueError(f"latents must be (B*N, C, h, w), got shape {tuple(latents.shape)}")
@@ -206,6 +210,7 @@ class MultiViewUNet(nn.Module):
             w2c=_per_view(w2c, "w2c", rows, n_views, (4, 4)),
             image_size_hw=image_size_hw or (VAE_SCALE_FACTOR * height, VAE_SCALE_FACTOR * width),
             unprojected=unprojected_views,
+            control=control,
         )
         return self.unet(
             latents,

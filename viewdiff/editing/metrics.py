@@ -1,0 +1,61 @@
+"""What a 3D edit is measured by (TrAME Sec. 5; IN2N / GaussianEditor).
+
+- 3D consistency: the PSNR / SSIM of the edited scene's renders against the 2D pseudo ground
+  truth it was edited toward, at the edit views: views that disagree cannot all be matched by one
+  scene, so inconsistent 2D edits score low;
+- preservation: the PSNR, outside the original object (its rendered opacity < 0.5), of the edited
+  scene's renders against the original scene's, on an orbit of views.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from viewdiff.inference.trajectory import Trajectory
+from viewdiff.scene.losses import psnr, ssim
+from viewdiff.scene.render import render
+
+if TYPE_CHECKING:
+    from viewdiff.editing.trame import TrameEditor
+
+
+def masked_psnr(image: Tensor, target: Tensor, keep: Tensor) -> float:
+    """PSNR (dB) of images (3, H, W) in [0, 1] over the pixels where ``keep`` (H, W) is true."""
+    if not bool(keep.any()):
+        return float("nan")
+    mse = ((image - target) ** 2).mean(0)[keep].mean().clamp_min(1e-10)
+    return float(-10 * torch.log10(mse))
+
+
+def render_orbit(scene, orbit: Trajectory, background: Tensor) -> tuple[Tensor, Tensor]:
+    """Renders (V, 3, H, W) in [0, 1] and opacities (V, H, W) of ``scene`` at ``orbit``."""
+    height, width = orbit.image_size_hw
+    rgb, alpha = [], []
+    with torch.no_grad():
+        for v in range(len(orbit)):
+            out = render(scene, orbit.K[v], orbit.w2c[v], height, width, background)
+            rgb.append(out.rgb.clamp(0, 1))
+            alpha.append(out.alpha[0])
+    return torch.stack(rgb), torch.stack(alpha)
+
+
+def edit_metrics(editor: TrameEditor, orbit: Trajectory) -> dict[str, Any]:
+    """Consistency and preservation of a finished edit, plus the orbit renders (V, 3, H, W)."""
+    edited = editor.scene()
+    at_views = editor.render_all(edited)
+    pseudo = editor.pseudo
+    consistency = [psnr(a, b) for a, b in zip(at_views, pseudo, strict=True)]
+    similarity = [float(ssim(a, b)) for a, b in zip(at_views, pseudo, strict=True)]
+    before, alpha = render_orbit(editor.original, orbit, editor.background)
+    after, _ = render_orbit(edited, orbit, editor.background)
+    outside = alpha < 0.5
+    preserved = [masked_psnr(after[v], before[v], outside[v]) for v in range(len(orbit))]
+    return {
+        "consistency_psnr": sum(consistency) / len(consistency),
+        "consistency_ssim": sum(similarity) / len(similarity),
+        "outside_psnr": sum(preserved) / len(preserved),
+        "orbit_renders": after,
+    }

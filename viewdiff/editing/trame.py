@@ -1,0 +1,456 @@
+"""TrAME (Luo et al. 2024): text-guided editing of a 3D Gaussian scene with the multi-view prior.
+
+The Trajectory-Anchored Scheme (TAS, Sec. 4.2) interleaves the 2D edit and the 3D update. At
+every step k of a decreasing DDIM grid, from ``start`` on:
+
+1. the scene is rendered in every edit view and encoded: z_render;
+2. for the keyframes (one batch), then each context (its keyframe and the views up to the next):
+   the target estimate is anchored to the render, ``tgt0 <- z_render - f_k (z_render - tgt0)``,
+   one dual-branch DDCM step runs (``viewdiff.editing.ddcm``: source branch = the original renders
+   with the source prompt, target branch = the target prompt, one noise for both, attention control
+   on), and the source consistency correction gives ``tgt0 = tgt_cons + kappa_k (src0 - src_cons)``,
+   blended with src0 outside the edit mask (local blending);
+3. tgt0 is decoded into the pseudo ground truth, and ``updates_k`` GaussianFitter steps per view
+   move the scene towards it: L1 + D-SSIM to the pseudo ground truth inside the edit mask and to
+   the original render outside it, plus GaussianEditor's anchor loss (means, opacities and scales
+   held near their pre-edit values, its weight growing over the trajectory).
+
+``tas=False`` is the ablation "edit every view in 2D, then reconstruct": the same 2D trajectory
+without anchoring or updates in between, then the same number of 3D updates toward its final
+views. ``vcac=False`` switches attention control and blending off. ``TrameEditor`` holds the
+whole state (scene optimiser, tgt0, RNGs, the step), takes one trajectory step at a time and
+saves / loads a checkpoint after any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from viewdiff.cameras import pose_features
+from viewdiff.editing.attention_control import AttentionControl, token_alignment
+from viewdiff.editing.ddcm import alpha_bar_at, anchor, ddcm_target, noisy_pair
+from viewdiff.editing.denoisers import EditingModel
+from viewdiff.editing.trame_plan import Schedule, ViewPlan, check_schedule, plan_views
+from viewdiff.editing.trame_plan import schedule_value as value_at
+from viewdiff.inference.trajectory import Trajectory
+from viewdiff.sampling import (
+    ViewConditions,
+    decode_latents,
+    encode_images,
+    encode_prompts,
+    prior_predictions,
+)
+from viewdiff.scene.fit import FitConfig, GaussianFitter, scene_extent
+from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
+from viewdiff.scene.losses import ssim
+from viewdiff.scene.render import render
+
+STATE_FORMAT = "viewdiff.trame-state/1"
+SCENE_FILE, TENSORS_FILE, STATE_FILE = "scene.ply", "state.safetensors", "state.json"
+
+
+@dataclass(frozen=True)
+class TrameConfig:
+    """TrAME's knobs; schedules are ``(from_step, value)`` pairs over the grid's step index."""
+
+    steps: int = 20
+    """DDIM grid of the trajectory (TrAME: 20)."""
+    start: int = 10
+    """First grid index run: the trajectory starts at timestep grid[start] (TrAME: 10 of 20)."""
+    guidance: float = 7.5
+    """Classifier-free guidance of both branches."""
+    kappa: Schedule = ((0, 0.95), (10, 0.3))
+    """kappa_k of the source consistency correction (official configs: 0.95, 0.3 from 10)."""
+    f: Schedule = ((0, 1.0), (11, 0.0))
+    """f_k of the error compensation: 1 keeps the 2D estimate, 0 takes the render (official)."""
+    updates: Schedule = ((0, 0), (9, 10))
+    """3D updates per edit view after step k (official: none until 9, then 5-20)."""
+    keyframe_every: int = 4
+    """A keyframe every this many views of the orbit; the views between form its context."""
+    max_angle_deg: float = 25.0
+    """Context views further than this from their keyframe are edited with the keyframes."""
+    inject_self_until: float = 0.5
+    """Fraction of the trajectory during which the target takes the source's self-attention
+    queries and keys (structure)."""
+    replace_cross_until: float = 0.8
+    """... during which the target's cross-attention maps of shared tokens are the source's."""
+    blend_from: float = 0.0
+    """Fraction of the trajectory after which the edit is blended with the source outside the
+    edit mask (local blending); 1 switches it off."""
+    mask_grow: int = 1
+    """Latent pixels the edit mask grows by before blending."""
+    lambda_dssim: float = 0.2
+    """D-SSIM weight of the 3D update loss (3DGS)."""
+    anchor_weight: Schedule = ((0, 1.0), (15, 5.0), (18, 20.0))
+    """GaussianEditor's anchor loss weight, growing over the trajectory."""
+    tas: bool = True
+    """False: edit in 2D first, then reconstruct (the ablation)."""
+    vcac: bool = True
+    """False: no attention control and no local blending (the ablation)."""
+    background: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Colour behind the scene in every render."""
+    fit: FitConfig = field(default_factory=lambda: FitConfig(sh_degree=0, densify_until=0))
+    """Learning rates of the 3D updates (no density control: the anchor loss needs the
+    Gaussians it started with)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 2 or not 0 <= self.start < self.steps:
+            raise ValueError(
+                f"trame: need steps >= 2 and 0 <= start < steps, got {self.steps}, {self.start}"
+            )
+        if not self.guidance >= 1.0:
+            raise ValueError(f"trame.guidance must be >= 1, got {self.guidance}")
+        for name in ("kappa", "f", "updates", "anchor_weight"):
+            check_schedule(getattr(self, name), f"trame.{name}")
+        if any(v < 0 for _, v in self.updates):
+            raise ValueError(f"trame.updates must be >= 0, got {list(self.updates)}")
+        for name in ("inject_self_until", "replace_cross_until", "blend_from"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"trame.{name} must be in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def trajectory_steps(self) -> list[int]:
+        """The grid indices run: start .. steps - 1."""
+        return list(range(self.start, self.steps))
+
+    def fraction(self, k: int) -> float:
+        """How far step k is into the trajectory, in [0, 1)."""
+        return (k - self.start) / (self.steps - self.start)
+
+    def total_updates(self, views: int) -> int:
+        """3D updates of the whole trajectory (the budget the no-TAS ablation gets too)."""
+        return sum(int(value_at(self.updates, k)) * views for k in self.trajectory_steps)
+
+
+def edit_masks(scene: GaussianScene, cameras: Trajectory, selected: Tensor | None) -> Tensor:
+    """Per view (V, 1, H, W) in [0, 1]: the rendered opacity of the selected Gaussians (all when
+    None), which is where the edit may act."""
+    height, width = cameras.image_size_hw
+    weights = torch.ones(scene.num_gaussians, device=scene.means.device)
+    if selected is not None:
+        weights = selected.to(weights)
+    # Render the selection as colour: white Gaussians where selected, black elsewhere.
+    from viewdiff.scene.sh import rgb_to_sh0
+
+    marked = dataclasses.replace(
+        scene.detach(),
+        f_dc=rgb_to_sh0(weights[:, None].expand(-1, 3)),
+        f_rest=scene.f_rest.detach()[:, :0],
+    )
+    masks = []
+    with torch.no_grad():
+        for v in range(len(cameras)):
+            out = render(marked, cameras.K[v], cameras.w2c[v], height, width, 0.0)
+            masks.append(out.rgb[:1].clamp(0, 1))
+    return torch.stack(masks)
+
+
+def anchor_loss(params: dict[str, Tensor], start: dict[str, Tensor]) -> Tensor:
+    """GaussianEditor's anchor loss: squared drift of means, opacity logits and log-scales."""
+    names = ("means", "opacity_logits", "log_scales")
+    return sum(((params[n] - start[n]) ** 2).mean() for n in names)
+
+
+@dataclass
+class StepReport:
+    """What one trajectory step did."""
+
+    k: int
+    timestep: int
+    kappa: float
+    f: float
+    updates: int
+    loss: float
+    seconds: float
+
+
+class TrameEditor:
+    """The TrAME loop over one scene and its edit views, one trajectory step at a time."""
+
+    def __init__(
+        self,
+        editing: EditingModel,
+        scene: GaussianScene,
+        cameras: Trajectory,
+        source_prompt: str,
+        prompt: str,
+        config: TrameConfig,
+        selected: Tensor | None = None,
+    ) -> None:
+        if editing.kind != "multiview":
+            raise ValueError("TrAME edits with the multi-view prior: give an export, not SD")
+        if selected is not None and not bool(selected.any()):
+            raise ValueError("the edit region holds no Gaussian")
+        self.editing, self.config, self.cameras = editing, config, cameras
+        self.source_prompt, self.prompt = source_prompt, prompt
+        device = editing.device
+        self.background = torch.tensor(config.background, device=device)
+        self.original = scene.detach().to(device=device).with_sh_degree(config.fit.sh_degree)
+        self.plan: ViewPlan = plan_views(cameras.w2c, config.keyframe_every, config.max_angle_deg)
+        coverage = edit_masks(self.original, cameras, None).flatten(1).amax(1)  # (V,)
+        unseen = torch.nonzero(coverage < 0.5).flatten().tolist()
+        if unseen:
+            raise ValueError(
+                f"the scene is not in view of cameras {unseen} of {len(cameras)}: are the scene "
+                "and the cameras of the same scene?"
+            )
+        self.masks = edit_masks(self.original, cameras, selected)  # (V, 1, H, W)
+        if float(self.masks.amax()) < 0.5:
+            raise ValueError("the edit region is empty in every view (no Gaussian renders there)")
+        self.original_renders = self.render_all(self.original)  # (V, 3, H, W) in [0, 1]
+        self.src0 = self.encode(self.original_renders)  # (V, C, h, w)
+        self.tgt0 = self.src0.clone()
+        self.latent_masks = self._latent_masks()
+        self.fitter = GaussianFitter(
+            self.original, None, config.fit, extent=scene_extent(cameras.w2c, self.original)
+        )
+        self.start_params = {k: v.detach().clone() for k, v in self.fitter.params.items()}
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.position = 0  # index into config.trajectory_steps of the next step
+        self.pseudo: Tensor | None = None  # (V, 3, H, W) the latest pseudo ground truth
+        texts = encode_prompts(editing.text_encoder, editing.tokenizer, [source_prompt, prompt])
+        empty = encode_prompts(editing.text_encoder, editing.tokenizer, [""])
+        self.texts, self.empty = texts, empty.expand(2, -1, -1)
+        self.alignment = token_alignment(editing.tokenizer, source_prompt, prompt)
+        scheduler = editing.scheduler()
+        scheduler.set_timesteps(config.steps)
+        self.grid = scheduler.timesteps.clone()
+        self.alphas_cumprod = scheduler.alphas_cumprod.clone()
+        self.reports: list[StepReport] = []
+
+    # Rendering and the VAE.
+
+    def render_all(self, scene: GaussianScene) -> Tensor:
+        """Every edit view of ``scene`` (V, 3, H, W) in [0, 1], without gradients."""
+        height, width = self.cameras.image_size_hw
+        with torch.no_grad():
+            return torch.stack([
+                render(scene, self.cameras.K[v], self.cameras.w2c[v], height, width,
+                       self.background).rgb.clamp(0, 1)
+                for v in range(len(self.cameras))
+            ])  # fmt: skip
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Latents (V, C, h, w) of images (V, 3, H, W) in [0, 1] (posterior means), contiguous:
+        the UNet's convolutions round differently on other memory layouts, and a resumed run
+        must compute what the uninterrupted one did."""
+        with torch.no_grad():
+            latents = encode_images(self.editing.vae, (images * 2 - 1)[None], sample=False)
+        return latents.contiguous()
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images (V, 3, H, W) in [0, 1] of latents."""
+        with torch.no_grad():
+            return ((decode_latents(self.editing.vae, latents) + 1) / 2).clamp(0, 1)
+
+    def _latent_masks(self) -> Tensor:
+        """The edit masks at latent resolution (V, 1, h, w), grown by ``mask_grow``."""
+        h, w = self.src0.shape[-2:]
+        masks = torch.nn.functional.adaptive_max_pool2d(self.masks, (h, w))
+        masks = (masks > 0.5).to(self.src0)
+        grow = self.config.mask_grow
+        if grow:
+            masks = torch.nn.functional.max_pool2d(masks, 2 * grow + 1, stride=1, padding=grow)
+        return masks
+
+    # The 2D part: one dual-branch step of a group of views.
+
+    def control(self, k: int, n_views: int) -> AttentionControl | None:
+        """The attention control of step k (None when VCAC is off)."""
+        if not self.config.vcac:
+            return None
+        fraction = self.config.fraction(k)
+        shared, index = self.alignment
+        return AttentionControl(
+            n_views,
+            inject_self=fraction < self.config.inject_self_until,
+            replace_cross=fraction < self.config.replace_cross_until,
+            shared_tokens=shared,
+            source_index=index,
+        )
+
+    def dual_step(self, views: list[int], tgt_in: Tensor, noise: Tensor, k: int) -> Tensor:
+        """The target's next clean latents (n, C, h, w) of ``views`` from the anchored tgt_in."""
+        config, device = self.config, self.editing.device
+        t = self.grid[k]
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
+        src0 = self.src0[views]
+        x_s, x_t = noisy_pair(src0, tgt_in, noise, alpha_bar)
+        cams = self.cameras.subset(views)
+        K, w2c = cams.K[None].to(device), cams.w2c[None].to(device)
+        pose = pose_features(K, w2c, cams.image_size_hw)
+        two = [x.expand(2, *x.shape[1:]) for x in (K, w2c, pose)]
+        conditions = ViewConditions(self.texts, self.empty, *two, cams.image_size_hw)
+        rows = 2 * len(views)
+        with torch.no_grad():
+            eps, _ = prior_predictions(
+                self.editing.model,
+                torch.cat([x_s, x_t]),
+                torch.full((rows,), int(t), device=device),
+                conditions,
+                config.guidance,
+                control=self.control(k, len(views)),
+            )
+        eps_s, eps_t = eps.chunk(2)
+        kappa = value_at(config.kappa, k)
+        new = ddcm_target(src0, x_s, x_t, eps_s, eps_t, alpha_bar, kappa).to(src0)
+        if config.vcac and config.fraction(k) >= config.blend_from:
+            mask = self.latent_masks[views]
+            new = mask * new + (1 - mask) * src0
+        return new
+
+    def edit_2d(self, k: int, z_render: Tensor | None) -> None:
+        """Step k of the 2D trajectory for every view: keyframes, then contexts."""
+        f = value_at(self.config.f, k)
+        noise = torch.randn(self.src0.shape, generator=self.generator).to(self.src0)
+        groups = [(self.plan.keyframes, self.plan.keyframes)]
+        groups += [(context, context[1:]) for context in self.plan.contexts]
+        for group, updated in groups:
+            tgt_in = self.tgt0[group]
+            if z_render is not None:
+                tgt_in = anchor(tgt_in, z_render[group], f)
+            new = self.dual_step(group, tgt_in, noise[group], k)
+            keep = [group.index(v) for v in updated]
+            self.tgt0[updated] = new[keep]
+
+    # The 3D part.
+
+    def update_3d(self, count: int, k: int) -> float:
+        """``count`` GaussianFitter steps toward the pseudo ground truth; the mean loss."""
+        if count == 0:
+            return 0.0
+        height, width = self.cameras.image_size_hw
+        fitter, config = self.fitter, self.config
+        # Inside the edit mask the pseudo ground truth, outside it the original render.
+        targets = self.masks * self.pseudo + (1 - self.masks) * self.original_renders
+        weight = value_at(config.anchor_weight, k)
+        total = 0.0
+        for _ in range(count):
+            view = int(torch.randint(len(self.cameras), (1,), generator=self.generator))
+            fitter.begin_step()
+            out = render(fitter.scene, self.cameras.K[view], self.cameras.w2c[view], height,
+                         width, self.background, backend=config.fit.backend)  # fmt: skip
+            image, target = out.rgb, targets[view]
+            loss = (1 - config.lambda_dssim) * (image - target).abs().mean()
+            loss = loss + config.lambda_dssim * (1 - ssim(image, target))
+            loss = loss + weight * anchor_loss(fitter.params, self.start_params)
+            loss.backward()
+            fitter.end_step([out])
+            total += loss.item()
+        return total / count
+
+    # The loop.
+
+    @property
+    def done(self) -> bool:
+        """Whether every trajectory step (and, without TAS, the reconstruction) has run."""
+        return self.position >= len(self.config.trajectory_steps)
+
+    def step(self) -> StepReport:
+        """One trajectory step (the last one also reconstructs when TAS is off)."""
+        if self.done:
+            raise RuntimeError("the trajectory is finished")
+        started = time.perf_counter()
+        config = self.config
+        k = config.trajectory_steps[self.position]
+        z_render = self.encode(self.render_all(self.fitter.scene)) if config.tas else None
+        self.edit_2d(k, z_render)
+        self.pseudo = self.decode(self.tgt0)
+        views = len(self.cameras)
+        if config.tas:
+            count = int(value_at(config.updates, k)) * views
+        else:
+            last = self.position == len(config.trajectory_steps) - 1
+            count = config.total_updates(views) if last else 0
+        loss = self.update_3d(count, k)
+        self.position += 1
+        report = StepReport(k, int(self.grid[k]), value_at(config.kappa, k),
+                            value_at(config.f, k), count, loss,
+                            time.perf_counter() - started)  # fmt: skip
+        self.reports.append(report)
+        return report
+
+    def scene(self) -> GaussianScene:
+        """The edited scene so far (detached)."""
+        return self.fitter.scene.detach()
+
+    # Checkpoints: the scene as PLY, tensors as safetensors, the rest as JSON.
+
+    def save(self, folder: Path) -> Path:
+        """Write a resumable checkpoint into ``folder`` (replaced whole); returns it."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        write_gaussian_ply(tmp / SCENE_FILE, self.scene())
+        tensors = {"tgt0": self.tgt0, "generator": self.generator.get_state()}
+        if self.pseudo is not None:
+            tensors["pseudo"] = self.pseudo
+        adam_steps = {}
+        for group in self.fitter.optimizer.param_groups:
+            name, state = group["name"], self.fitter.optimizer.state.get(group["params"][0], {})
+            if "exp_avg" in state:
+                tensors[f"adam.{name}.exp_avg"] = state["exp_avg"]
+                tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"]
+                adam_steps[name] = float(state["step"])
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                  tmp / TENSORS_FILE)  # fmt: skip
+        state = {
+            "format": STATE_FORMAT,
+            "position": self.position,
+            "iteration": self.fitter.iteration,
+            "source_prompt": self.source_prompt,
+            "prompt": self.prompt,
+            "adam_steps": adam_steps,
+            "reports": [dataclasses.asdict(r) for r in self.reports],
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        if folder.exists():
+            for path in folder.iterdir():
+                path.unlink()
+            folder.rmdir()
+        tmp.replace(folder)
+        return folder
+
+    def load(self, folder: Path) -> None:
+        """Continue from a checkpoint of ``save`` made with the same inputs."""
+        folder = Path(folder)
+        missing = [n for n in (SCENE_FILE, TENSORS_FILE, STATE_FILE) if not (folder / n).is_file()]
+        if missing:
+            raise ValueError(f"{folder} is not a TrAME checkpoint: missing {', '.join(missing)}")
+        try:
+            state = json.loads((folder / STATE_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{folder / STATE_FILE}: cannot read: {error}") from None
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{folder / STATE_FILE}: not a {STATE_FORMAT} file")
+        if (state["source_prompt"], state["prompt"]) != (self.source_prompt, self.prompt):
+            raise ValueError(f"{folder}: a checkpoint of another edit ({state['prompt']!r})")
+        device = self.editing.device
+        scene = read_gaussian_ply(folder / SCENE_FILE, device=device)
+        scene = scene.with_sh_degree(self.config.fit.sh_degree)
+        tensors = load_file(folder / TENSORS_FILE, device=str(device))
+        fitter = GaussianFitter(scene, None, self.config.fit, extent=self.fitter.extent)
+        fitter.iteration = int(state["iteration"])
+        for group in fitter.optimizer.param_groups:
+            name, param = group["name"], group["params"][0]
+            if name in state["adam_steps"]:
+                fitter.optimizer.state[param] = {
+                    "step": torch.tensor(state["adam_steps"][name]),
+                    "exp_avg": tensors[f"adam.{name}.exp_avg"],
+                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"],
+                }
+        self.fitter = fitter
+        self.tgt0 = tensors["tgt0"].to(self.src0).contiguous()
+        self.pseudo = tensors.get("pseudo")
+        self.generator.set_state(tensors["generator"].cpu())
+        self.position = int(state["position"])
+        self.reports = [StepReport(**r) for r in state["reports"]]
