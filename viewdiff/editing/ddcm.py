@@ -31,7 +31,7 @@ def noisy_pair(
 
 
 def clean_estimate(x: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
-    """The one-step estimate of x0 from x and its predicted noise: (x - sqrt(1-abar) eps) / sqrt(abar)."""
+    """The one-step estimate of x0: (x - sqrt(1 - abar) eps) / sqrt(abar)."""
     a = alpha_bar.to(x)
     return (x - (1 - a).sqrt() * eps) / a.sqrt()
 
