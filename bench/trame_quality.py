@@ -7,7 +7,8 @@ A held-out toy object (fresh seed) is fitted as a 3D Gaussian scene from its 12 
 (on a flat grey background), then edited by ``TrameEditor`` from ``--views`` cameras on the toy
 prior's orbit, three ways with the same steps and 3D-update budget: full TrAME, ``tas=False``
 (every view edited in 2D first, then the scene reconstructed from them) and ``vcac=False`` (no
-attention control or blending). Measured on a 24-view orbit of the edited scene: the toy colour
+attention control or blending); ``--variants ...,ddpm`` adds full TrAME on the edit-friendly DDPM
+noise instead of DDCM. Measured on a 24-view orbit of the edited scene: the toy colour
 rule per view (target colour wanted, >= 90%), the PSNR outside the original object against the
 original scene's renders (>= 25 dB), and the edit's 3D consistency: the PSNR of the edited
 scene's renders against the final 2D pseudo ground truth at the edit views (``editing.metrics``).
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "full": base,
         "no_tas": dataclasses.replace(base, tas=False),
         "no_vcac": dataclasses.replace(base, vcac=False),
+        "ddpm": dataclasses.replace(base, sampler="ddpm"),
     }
     rows, pictures, started = {}, [], time.perf_counter()
     for name in args.variants.split(","):

@@ -60,6 +60,7 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--start", type=int, help="first grid step run (10)")
     parser.add_argument("--guidance", type=float, help="CFG of both branches (7.5)")
     parser.add_argument("--keyframe-every", type=int, help="a keyframe every K views (4)")
+    parser.add_argument("--sampler", choices=("ddcm", "ddpm"), help="virtual inversion (ddcm)")
     parser.add_argument("--no-tas", action="store_true", help="ablation: 2D edit, then 3D fit")
     parser.add_argument("--no-vcac", action="store_true", help="ablation: no attention control")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,6 +76,7 @@ def trame_config(args: argparse.Namespace) -> TrameConfig:
         "start": args.start,
         "guidance": args.guidance,
         "keyframe_every": args.keyframe_every,
+        "sampler": args.sampler,
     }
     config = TrameConfig(**{k: v for k, v in changes.items() if v is not None})
     return dataclasses.replace(config, tas=not args.no_tas, vcac=not args.no_vcac, seed=args.seed)

@@ -15,6 +15,10 @@ every step k of a decreasing DDIM grid, from ``start`` on:
    the original render outside it, plus GaussianEditor's anchor loss (means, opacities and scales
    held near their pre-edit values, its weight growing over the trajectory).
 
+``sampler="ddpm"`` replaces DDCM by the edit-friendly DDPM noise space of the inversion issue:
+the original renders are inverted once (per batch of the plan), the source branch is that
+trajectory and the target branch steps with its noise maps.
+
 ``tas=False`` is the ablation "edit every view in 2D, then reconstruct": the same 2D trajectory
 without anchoring or updates in between, then the same number of 3D updates toward its final
 views. ``vcac=False`` switches attention control and blending off. ``TrameEditor`` holds the
@@ -36,8 +40,9 @@ from torch import Tensor
 
 from viewdiff.cameras import pose_features
 from viewdiff.editing.attention_control import AttentionControl, token_alignment
-from viewdiff.editing.ddcm import alpha_bar_at, anchor, ddcm_target, noisy_pair
+from viewdiff.editing.ddcm import alpha_bar_at, anchor, clean_estimate, ddcm_target, noisy_pair
 from viewdiff.editing.denoisers import EditingModel
+from viewdiff.editing.inversion import invert, step_with_noise
 from viewdiff.editing.trame_plan import Schedule, ViewPlan, check_schedule, plan_views
 from viewdiff.editing.trame_plan import schedule_value as value_at
 from viewdiff.inference.trajectory import Trajectory
@@ -91,6 +96,10 @@ class TrameConfig:
     """D-SSIM weight of the 3D update loss (3DGS)."""
     anchor_weight: Schedule = ((0, 1.0), (15, 5.0), (18, 20.0))
     """GaussianEditor's anchor loss weight, growing over the trajectory."""
+    sampler: str = "ddcm"
+    """Virtual inversion of the dual branches: ddcm (InfEdit / TrAME: fresh shared noise every
+    step, kappa's correction) or ddpm (the edit-friendly noise of ``viewdiff.editing.inversion``:
+    the source branch is the renders' inversion, the target reuses its noise maps; kappa unused)."""
     tas: bool = True
     """False: edit in 2D first, then reconstruct (the ablation)."""
     vcac: bool = True
@@ -107,6 +116,8 @@ class TrameConfig:
             raise ValueError(
                 f"trame: need steps >= 2 and 0 <= start < steps, got {self.steps}, {self.start}"
             )
+        if self.sampler not in ("ddcm", "ddpm"):
+            raise ValueError(f"trame.sampler must be ddcm or ddpm, got {self.sampler!r}")
         if not self.guidance >= 1.0:
             raise ValueError(f"trame.guidance must be >= 1, got {self.guidance}")
         for name in ("kappa", "f", "updates", "anchor_weight"):
@@ -221,11 +232,14 @@ class TrameEditor:
         empty = encode_prompts(editing.text_encoder, editing.tokenizer, [""])
         self.texts, self.empty = texts, empty.expand(2, -1, -1)
         self.alignment = token_alignment(editing.tokenizer, source_prompt, prompt)
-        scheduler = editing.scheduler()
-        scheduler.set_timesteps(config.steps)
-        self.grid = scheduler.timesteps.clone()
-        self.alphas_cumprod = scheduler.alphas_cumprod.clone()
+        self.scheduler = editing.scheduler()
+        self.scheduler.set_timesteps(config.steps)
+        self.grid = self.scheduler.timesteps.clone()
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.clone()
         self.reports: list[StepReport] = []
+        if config.sampler == "ddpm":  # the source branch is the inversion of the renders
+            self.source_xs, self.source_zs = self.invert_sources()
+            self.x_tgt = self.source_xs[config.start].clone()
 
     # Rendering and the VAE.
 
@@ -278,49 +292,111 @@ class TrameEditor:
             source_index=index,
         )
 
-    def dual_step(self, views: list[int], tgt_in: Tensor, noise: Tensor, k: int) -> Tensor:
-        """The target's next clean latents (n, C, h, w) of ``views`` from the anchored tgt_in."""
-        config, device = self.config, self.editing.device
-        t = self.grid[k]
-        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
-        src0 = self.src0[views]
-        x_s, x_t = noisy_pair(src0, tgt_in, noise, alpha_bar)
-        cams = self.cameras.subset(views)
+    def groups(self) -> list[tuple[list[int], list[int]]]:
+        """(views in the batch, views that take its result): the keyframes, then each context."""
+        plan = self.plan
+        return [(plan.keyframes, plan.keyframes)] + [(c, c[1:]) for c in plan.contexts]
+
+    def conditions(self, views: list[int], texts: Tensor) -> ViewConditions:
+        """The prior's conditions of ``views`` for each prompt embedding of ``texts`` (B, 77, D)."""
+        device, cams = self.editing.device, self.cameras.subset(views)
         K, w2c = cams.K[None].to(device), cams.w2c[None].to(device)
         pose = pose_features(K, w2c, cams.image_size_hw)
-        two = [x.expand(2, *x.shape[1:]) for x in (K, w2c, pose)]
-        conditions = ViewConditions(self.texts, self.empty, *two, cams.image_size_hw)
-        rows = 2 * len(views)
+        many = [x.expand(texts.shape[0], *x.shape[1:]) for x in (K, w2c, pose)]
+        empty = self.empty[:1].expand(texts.shape[0], -1, -1)
+        return ViewConditions(texts, empty, *many, cams.image_size_hw)
+
+    def branch_predictions(
+        self, views: list[int], x_s: Tensor, x_t: Tensor, k: int
+    ) -> tuple[Tensor, Tensor]:
+        """The guided predictions (eps_s, eps_t) of both branches of ``views`` in one call."""
+        device, rows = self.editing.device, 2 * len(views)
         with torch.no_grad():
             eps, _ = prior_predictions(
                 self.editing.model,
                 torch.cat([x_s, x_t]),
-                torch.full((rows,), int(t), device=device),
-                conditions,
-                config.guidance,
+                torch.full((rows,), int(self.grid[k]), device=device),
+                self.conditions(views, self.texts),
+                self.config.guidance,
                 control=self.control(k, len(views)),
             )
-        eps_s, eps_t = eps.chunk(2)
-        kappa = value_at(config.kappa, k)
+        eps_s, eps_t = eps.to(x_s).chunk(2)
+        return eps_s, eps_t
+
+    def blending(self, k: int) -> bool:
+        """Whether step k blends the edit with the source outside the edit mask."""
+        return self.config.vcac and self.config.fraction(k) >= self.config.blend_from
+
+    def dual_step(self, views: list[int], tgt_in: Tensor, noise: Tensor, k: int) -> Tensor:
+        """DDCM: the target's next clean latents (n, C, h, w) of ``views`` from tgt_in."""
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, self.grid[k])
+        src0 = self.src0[views]
+        x_s, x_t = noisy_pair(src0, tgt_in, noise, alpha_bar)
+        eps_s, eps_t = self.branch_predictions(views, x_s, x_t, k)
+        kappa = value_at(self.config.kappa, k)
         new = ddcm_target(src0, x_s, x_t, eps_s, eps_t, alpha_bar, kappa).to(src0)
-        if config.vcac and config.fraction(k) >= config.blend_from:
+        if self.blending(k):
             mask = self.latent_masks[views]
             new = mask * new + (1 - mask) * src0
         return new
 
+    def ddpm_step(self, views: list[int], x_t: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Edit-friendly DDPM: the target's next latents x_{k+1} and clean estimate (n, C, h, w)
+        of ``views``, with the source's stored noise z_k; the source branch is its inversion."""
+        t = self.grid[k]
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
+        x_s = self.source_xs[k, views]
+        _, eps_t = self.branch_predictions(views, x_s, x_t, k)
+        stepped = step_with_noise(self.scheduler, eps_t, t, x_t, self.source_zs[k, views])
+        last = k == self.config.steps - 1
+        clean = stepped if last else clean_estimate(x_t, eps_t, alpha_bar).to(x_t)
+        if self.blending(k):
+            mask = self.latent_masks[views]
+            stepped = mask * stepped + (1 - mask) * self.source_xs[k + 1, views]
+            clean = mask * clean + (1 - mask) * self.src0[views]
+        return stepped, clean
+
+    def invert_sources(self) -> tuple[Tensor, Tensor]:
+        """The edit-friendly inversion of the original renders, batch by batch as the edit runs
+        them: xs (steps + 1, V, C, h, w) and zs (steps, V, C, h, w)."""
+        steps = self.config.steps
+        xs = torch.zeros((steps + 1, *self.src0.shape), dtype=self.src0.dtype)
+        zs = torch.zeros((steps, *self.src0.shape), dtype=self.src0.dtype)
+        generator = torch.Generator().manual_seed(self.config.seed + 1)
+        steps_of = {int(t): k for k, t in enumerate(self.grid)}
+        for group, updated in self.groups():
+            # The source rows of the very calls the edit makes (target = source here), so that an
+            # edit with the source prompt retraces the inversion to the bit.
+            def denoise(latents: Tensor, timesteps: Tensor, group=group) -> Tensor:
+                k = steps_of[int(timesteps[0])]
+                return self.branch_predictions(group, latents, latents, k)[0]
+
+            with torch.no_grad():
+                inversion = invert(denoise, self.scheduler, self.src0[group], steps, generator)
+            keep = [group.index(v) for v in updated]
+            xs[:, updated] = inversion.xs[:, keep].cpu()
+            zs[:, updated] = inversion.zs[:, keep].cpu()
+        return xs.to(self.src0.device), zs.to(self.src0.device)
+
     def edit_2d(self, k: int, z_render: Tensor | None) -> None:
         """Step k of the 2D trajectory for every view: keyframes, then contexts."""
         f = value_at(self.config.f, k)
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, self.grid[k])
         noise = torch.randn(self.src0.shape, generator=self.generator).to(self.src0)
-        groups = [(self.plan.keyframes, self.plan.keyframes)]
-        groups += [(context, context[1:]) for context in self.plan.contexts]
-        for group, updated in groups:
-            tgt_in = self.tgt0[group]
-            if z_render is not None:
-                tgt_in = anchor(tgt_in, z_render[group], f)
-            new = self.dual_step(group, tgt_in, noise[group], k)
+        for group, updated in self.groups():
             keep = [group.index(v) for v in updated]
-            self.tgt0[updated] = new[keep]
+            if self.config.sampler == "ddcm":
+                tgt_in = self.tgt0[group]
+                if z_render is not None:
+                    tgt_in = anchor(tgt_in, z_render[group], f)
+                self.tgt0[updated] = self.dual_step(group, tgt_in, noise[group], k)[keep]
+                continue
+            x_t = self.x_tgt[group]
+            if z_render is not None:  # move x_t by what anchoring moves its clean estimate
+                shift = anchor(self.tgt0[group], z_render[group], f) - self.tgt0[group]
+                x_t = x_t + alpha_bar.sqrt().to(x_t) * shift
+            stepped, clean = self.ddpm_step(group, x_t, k)
+            self.x_tgt[updated], self.tgt0[updated] = stepped[keep], clean[keep]
 
     # The 3D part.
 
@@ -392,6 +468,8 @@ class TrameEditor:
         tmp.mkdir(parents=True, exist_ok=True)
         write_gaussian_ply(tmp / SCENE_FILE, self.scene())
         tensors = {"tgt0": self.tgt0, "generator": self.generator.get_state()}
+        if self.config.sampler == "ddpm":
+            tensors["x_tgt"] = self.x_tgt
         if self.pseudo is not None:
             tensors["pseudo"] = self.pseudo
         adam_steps = {}
@@ -451,6 +529,8 @@ class TrameEditor:
         self.fitter = fitter
         self.tgt0 = tensors["tgt0"].to(self.src0).contiguous()
         self.pseudo = tensors.get("pseudo")
+        if self.config.sampler == "ddpm":
+            self.x_tgt = tensors["x_tgt"].to(self.src0).contiguous()
         self.generator.set_state(tensors["generator"].cpu())
         self.position = int(state["position"])
         self.reports = [StepReport(**r) for r in state["reports"]]
