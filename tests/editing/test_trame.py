@@ -161,6 +161,12 @@ def test_edit_scene_command(tiny_export, tmp_path, capsys):
     assert _run([*args, "--region", "5", "5", "5", "6", "6", "6"]) == 2
     assert "no Gaussian" in capsys.readouterr().err
     assert _run([*args[:2], str(tmp_path), *args[3:]]) == 2
+    assert _run([*args, "--words", "dragon"]) == 2
+    assert "in neither prompt" in capsys.readouterr().err
+    traced = tmp_path / "traced"
+    retraced = [str(traced) if a == str(out) else a for a in args]
+    assert _run([*retraced, "--attention-region"]) == 0
+    assert (traced / "attention_region.png").is_file()
 
 
 def test_ddpm_sampler_identity_edit_retraces_the_source(editing):
@@ -186,3 +192,34 @@ def test_ddpm_sampler_edits_and_resumes(editing, tmp_path):
     while not resumed.done:
         resumed.step()
     assert torch.equal(whole.x_tgt, resumed.x_tgt) and torch.equal(whole.tgt0, resumed.tgt0)
+
+
+def test_attention_region_is_lifted_from_the_changed_words(editing):
+    from viewdiff.editing.region import lift_region, normalise_maps, project_points
+
+    editor = _editor(editing, target="a blue ball")
+    maps = editor.attention_maps()
+    assert maps.shape == (4, 64, 64) and maps.amin() == 0 and maps.amax() == 1
+    # Different words give different evidence; identical prompts give none.
+    other = editor.attention_maps(([3], [3]))
+    assert (other - maps).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="share every word"):
+        _editor(editing).attention_maps()
+    # Voting: maps that are the renders of a known part of the scene give that part back.
+    means = editor.original.means
+    part = means[:, 0] > 0.2
+    rendered = normalise_maps(edit_masks_all(editor, part)[:, 0])
+    selected = lift_region(rendered, means, editor.cameras)
+    uv, inside = project_points(means, editor.cameras)
+    assert inside.all()  # the tiny scene is in every view
+    recall = (selected & part).sum() / part.sum()
+    far = means[:, 0] < -0.3  # well away from the part: rarely selected (occlusion aside)
+    assert recall > 0.9 and (selected & far).sum() / far.sum() < 0.2
+    editor.set_region(selected)
+    assert editor.masks.sum() < edit_masks_all(editor).sum()
+
+
+def edit_masks_all(editor, selected=None):
+    from viewdiff.editing.trame import edit_masks
+
+    return edit_masks(editor.original, editor.cameras, selected)

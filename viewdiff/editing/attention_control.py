@@ -21,11 +21,43 @@ inside a batch: the TrAME loop puts all keyframes in one batch and each context 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from transformers import CLIPTokenizer
+
+
+@dataclass
+class AttentionRecord:
+    """Cross-attention maps of chosen words, collected over the layers of calls (the edit
+    region's evidence): per call and layer, the conditional source rows' probabilities of
+    ``source_tokens`` plus the target rows' of ``target_tokens``, summed over tokens and heads."""
+
+    source_tokens: list[int]
+    target_tokens: list[int]
+    latent_hw: tuple[int, int]
+    """(h, w) of the latents: each layer's map is resized to it."""
+    maps: list[Tensor] = field(default_factory=list)  # each (N, h, w)
+
+    def add(self, probs: Tensor, source: Tensor, target: Tensor) -> None:
+        """Record one layer's probabilities (rows, heads, L, 77); source/target: the rows of the
+        last (conditional) pair."""
+        mean = probs.float().mean(1)  # (rows, L, 77)
+        words = mean[source][..., self.source_tokens].sum(-1)
+        words = words + mean[target][..., self.target_tokens].sum(-1)  # (N, L)
+        h, w = self.latent_hw
+        scale = math.sqrt(h * w / words.shape[1])
+        layer = words.reshape(-1, 1, round(h / scale), round(w / scale))
+        resized = torch.nn.functional.interpolate(layer, size=(h, w), mode="bilinear")
+        self.maps.append(resized[:, 0].cpu())
+
+    def mean_map(self) -> Tensor:
+        """The recorded maps averaged over layers and calls (N, h, w)."""
+        if not self.maps:
+            raise ValueError("no cross-attention was recorded")
+        return torch.stack(self.maps).mean(0)
 
 
 @dataclass(frozen=True)
@@ -42,6 +74,8 @@ class AttentionControl:
     """(77,) bool: target tokens that the source prompt has too (``token_alignment``)."""
     source_index: Tensor | None = None
     """(77,) long: for each shared target token, its position in the source prompt."""
+    record: AttentionRecord | None = None
+    """Collects the cross-attention maps of chosen words (the edit region)."""
 
     def __post_init__(self) -> None:
         if self.replace_cross and (self.shared_tokens is None or self.source_index is None):
@@ -52,7 +86,12 @@ class AttentionControl:
     @property
     def active(self) -> bool:
         """Whether any control is on in this call."""
-        return self.inject_self or self.replace_cross
+        return self.inject_self or self.replace_cross or self.record is not None
+
+    @property
+    def explicit_cross(self) -> bool:
+        """Whether cross-attention needs its probabilities (to replace or record them)."""
+        return self.replace_cross or self.record is not None
 
     def _pairs(self, rows: int) -> tuple[Tensor, Tensor]:
         """Row indices (source rows, their target twins) for a batch of ``rows`` rows."""
@@ -115,11 +154,23 @@ def changed_words(tokenizer: CLIPTokenizer, source: str, target: str) -> list[in
     return [i for i in range(1, real - 1) if not shared[i]]
 
 
+def word_positions(tokenizer: CLIPTokenizer, prompt: str, words: list[str]) -> list[int]:
+    """Token positions of ``words`` in ``prompt`` (each word's tokens, wherever they occur)."""
+    ids = tokenizer(prompt).input_ids
+    positions = []
+    for word in words:
+        pieces = tokenizer(word).input_ids[1:-1]  # without the start and end tokens
+        for start in range(1, len(ids) - len(pieces)):
+            if pieces and ids[start : start + len(pieces)] == pieces:
+                positions += range(start, start + len(pieces))
+    return sorted(set(positions))
+
+
 def attend_with_control(
     query: Tensor, key: Tensor, value: Tensor, heads: int, control: AttentionControl
 ) -> Tensor:
-    """Cross-attention (rows, L, inner) with explicit probabilities, the target's shared tokens
-    replaced by the source's."""
+    """Cross-attention (rows, L, inner) with explicit probabilities: the target's shared tokens
+    replaced by the source's (``replace_cross``), the chosen words' maps recorded (``record``)."""
     rows, length, inner = query.shape
     head_dim = inner // heads
 
@@ -128,5 +179,10 @@ def attend_with_control(
 
     q, k, v = split(query), split(key), split(value)
     probs = torch.softmax((q @ k.transpose(-1, -2)) * head_dim**-0.5, dim=-1)
-    probs = control.cross_probabilities(probs)
+    if control.replace_cross:
+        probs = control.cross_probabilities(probs)
+    if control.record is not None:
+        source, target = control._pairs(rows)
+        n = control.n_views
+        control.record.add(probs, source[-n:].to(probs.device), target[-n:].to(probs.device))
     return (probs @ v).transpose(1, 2).reshape(rows, length, inner).to(query.dtype)

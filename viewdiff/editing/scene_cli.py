@@ -21,8 +21,10 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from viewdiff.editing.attention_control import word_positions
 from viewdiff.editing.denoisers import check_editing_model, load_editing_model
 from viewdiff.editing.metrics import edit_metrics
+from viewdiff.editing.region import lift_region
 from viewdiff.editing.trame import TrameConfig, TrameEditor
 from viewdiff.inference.load import chosen_device, read_export
 from viewdiff.inference.outputs import output_folder
@@ -56,6 +58,12 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
         help="edit only the Gaussians in this box (default: the whole object)",
     )
+    parser.add_argument(
+        "--attention-region",
+        action="store_true",
+        help="edit the Gaussians that the prior's cross-attention to the changed words votes for",
+    )
+    parser.add_argument("--words", nargs="+", help="words whose attention traces the region")
     parser.add_argument("--steps", type=int, help="DDIM grid (20)")
     parser.add_argument("--start", type=int, help="first grid step run (10)")
     parser.add_argument("--guidance", type=float, help="CFG of both branches (7.5)")
@@ -114,6 +122,20 @@ def run_edit_scene(args: argparse.Namespace) -> None:
     editing = load_editing_model(args.checkpoint, device)
     editor = TrameEditor(editing, scene, cameras, args.source_prompt, args.prompt, config,
                          selected)  # fmt: skip
+    if args.attention_region or args.words:
+        words = None
+        if args.words:
+            tokenizer = editing.tokenizer
+            words = (word_positions(tokenizer, args.source_prompt, args.words),
+                     word_positions(tokenizer, args.prompt, args.words))  # fmt: skip
+            if not words[0] and not words[1]:
+                raise ValueError(f"--words {' '.join(args.words)}: in neither prompt")
+        maps = editor.attention_maps(words)
+        traced = lift_region(maps, editor.original.means, cameras)
+        if selected is not None:
+            traced &= selected.to(traced.device)
+        editor.set_region(traced)
+        write_maps(out / "attention_region.png", maps, editor)
     if args.resume and (out / CHECKPOINT).is_dir():
         editor.load(out / CHECKPOINT)
     logs = SummaryWriter(str(out / "logs"))
@@ -152,6 +174,14 @@ def run_edit_scene(args: argparse.Namespace) -> None:
         f"{args.scene} edited to {args.prompt!r}: 3D consistency {metrics['consistency_psnr']:.2f}"
         f" dB, outside the object {metrics['outside_psnr']:.2f} dB; {out}/scene.ply"
     )
+
+
+def write_maps(path: Path, maps: torch.Tensor, editor: TrameEditor) -> None:
+    """The renders over the attention maps over the traced region's masks."""
+    masks = editor.masks[:, 0]
+    grey = [m[None].expand(3, -1, -1) * 2 - 1 for m in torch.cat([maps.cpu(), masks.cpu()])]
+    renders = [x * 2 - 1 for x in editor.original_renders.cpu()]
+    image_grid([to_pil(x) for x in renders + grey], len(renders)).save(path)
 
 
 def write_progress(path: Path, editor: TrameEditor) -> None:

@@ -39,10 +39,16 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from viewdiff.cameras import pose_features
-from viewdiff.editing.attention_control import AttentionControl, token_alignment
+from viewdiff.editing.attention_control import (
+    AttentionControl,
+    AttentionRecord,
+    changed_words,
+    token_alignment,
+)
 from viewdiff.editing.ddcm import alpha_bar_at, anchor, clean_estimate, ddcm_target, noisy_pair
 from viewdiff.editing.denoisers import EditingModel
 from viewdiff.editing.inversion import invert, step_with_noise
+from viewdiff.editing.region import normalise_maps
 from viewdiff.editing.trame_plan import Schedule, ViewPlan, check_schedule, plan_views
 from viewdiff.editing.trame_plan import schedule_value as value_at
 from viewdiff.inference.trajectory import Trajectory
@@ -100,6 +106,9 @@ class TrameConfig:
     """Virtual inversion of the dual branches: ddcm (InfEdit / TrAME: fresh shared noise every
     step, kappa's correction) or ddpm (the edit-friendly noise of ``viewdiff.editing.inversion``:
     the source branch is the renders' inversion, the target reuses its noise maps; kappa unused)."""
+    source_guidance: float | None = None
+    """Guidance of the ddpm sampler's inversion (None: ``guidance``; the inversion paper
+    inverts at 3.5 and edits at 15)."""
     tas: bool = True
     """False: edit in 2D first, then reconstruct (the ablation)."""
     vcac: bool = True
@@ -199,8 +208,6 @@ class TrameEditor:
     ) -> None:
         if editing.kind != "multiview":
             raise ValueError("TrAME edits with the multi-view prior: give an export, not SD")
-        if selected is not None and not bool(selected.any()):
-            raise ValueError("the edit region holds no Gaussian")
         self.editing, self.config, self.cameras = editing, config, cameras
         self.source_prompt, self.prompt = source_prompt, prompt
         device = editing.device
@@ -214,13 +221,10 @@ class TrameEditor:
                 f"the scene is not in view of cameras {unseen} of {len(cameras)}: are the scene "
                 "and the cameras of the same scene?"
             )
-        self.masks = edit_masks(self.original, cameras, selected)  # (V, 1, H, W)
-        if float(self.masks.amax()) < 0.5:
-            raise ValueError("the edit region is empty in every view (no Gaussian renders there)")
         self.original_renders = self.render_all(self.original)  # (V, 3, H, W) in [0, 1]
         self.src0 = self.encode(self.original_renders)  # (V, C, h, w)
         self.tgt0 = self.src0.clone()
-        self.latent_masks = self._latent_masks()
+        self.set_region(selected)  # masks (V, 1, H, W), latent_masks (V, 1, h, w)
         self.fitter = GaussianFitter(
             self.original, None, config.fit, extent=scene_extent(cameras.w2c, self.original)
         )
@@ -278,10 +282,12 @@ class TrameEditor:
 
     # The 2D part: one dual-branch step of a group of views.
 
-    def control(self, k: int, n_views: int) -> AttentionControl | None:
-        """The attention control of step k (None when VCAC is off)."""
+    def control(
+        self, k: int, n_views: int, record: AttentionRecord | None = None
+    ) -> AttentionControl | None:
+        """The attention control of step k (None when VCAC is off and nothing is recorded)."""
         if not self.config.vcac:
-            return None
+            return None if record is None else AttentionControl(n_views, record=record)
         fraction = self.config.fraction(k)
         shared, index = self.alignment
         return AttentionControl(
@@ -290,7 +296,46 @@ class TrameEditor:
             replace_cross=fraction < self.config.replace_cross_until,
             shared_tokens=shared,
             source_index=index,
+            record=record,
         )
+
+    def attention_maps(self, words: tuple[list[int], list[int]] | None = None) -> Tensor:
+        """Per edit view (V, H, W) in [0, 1]: the prior's cross-attention to the changed words
+        (source words in the source branch, target words in the target branch; ``words``
+        overrides them), from one dual call per batch at the first trajectory step."""
+        tokenizer = self.editing.tokenizer
+        source_words, target_words = words or (
+            changed_words(tokenizer, self.prompt, self.source_prompt),
+            changed_words(tokenizer, self.source_prompt, self.prompt),
+        )
+        if not source_words and not target_words:
+            raise ValueError(
+                f"{self.source_prompt!r} and {self.prompt!r} share every word: no edit region "
+                "can be traced from changed words"
+            )
+        k = self.config.start
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, self.grid[k])
+        generator = torch.Generator().manual_seed(self.config.seed + 2)
+        noise = torch.randn(self.src0.shape, generator=generator).to(self.src0)
+        maps = torch.zeros(self.src0.shape[0], *self.src0.shape[-2:])
+        for group, updated in self.groups():
+            record = AttentionRecord(source_words, target_words, tuple(self.src0.shape[-2:]))
+            x_s, x_t = noisy_pair(self.src0[group], self.src0[group], noise[group], alpha_bar)
+            self.branch_predictions(group, x_s, x_t, k, record)
+            keep = [group.index(v) for v in updated]
+            maps[updated] = record.mean_map()[keep]
+        size = self.cameras.image_size_hw
+        upsampled = torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear")
+        return normalise_maps(upsampled[:, 0])
+
+    def set_region(self, selected: Tensor | None) -> None:
+        """Edit only the ``selected`` Gaussians (G,) bool of the original scene (None: all)."""
+        if selected is not None and not bool(selected.any()):
+            raise ValueError("the edit region holds no Gaussian")
+        self.masks = edit_masks(self.original, self.cameras, selected)
+        if float(self.masks.amax()) < 0.5:
+            raise ValueError("the edit region is empty in every view (no Gaussian renders there)")
+        self.latent_masks = self._latent_masks()
 
     def groups(self) -> list[tuple[list[int], list[int]]]:
         """(views in the batch, views that take its result): the keyframes, then each context."""
@@ -307,9 +352,16 @@ class TrameEditor:
         return ViewConditions(texts, empty, *many, cams.image_size_hw)
 
     def branch_predictions(
-        self, views: list[int], x_s: Tensor, x_t: Tensor, k: int
+        self,
+        views: list[int],
+        x_s: Tensor,
+        x_t: Tensor,
+        k: int,
+        record: AttentionRecord | None = None,
+        guidance: float | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The guided predictions (eps_s, eps_t) of both branches of ``views`` in one call."""
+        """The guided predictions (eps_s, eps_t) of both branches of ``views`` in one call
+        (guidance: the config's unless given)."""
         device, rows = self.editing.device, 2 * len(views)
         with torch.no_grad():
             eps, _ = prior_predictions(
@@ -317,8 +369,8 @@ class TrameEditor:
                 torch.cat([x_s, x_t]),
                 torch.full((rows,), int(self.grid[k]), device=device),
                 self.conditions(views, self.texts),
-                self.config.guidance,
-                control=self.control(k, len(views)),
+                self.config.guidance if guidance is None else guidance,
+                control=self.control(k, len(views), record),
             )
         eps_s, eps_t = eps.to(x_s).chunk(2)
         return eps_s, eps_t
@@ -369,7 +421,8 @@ class TrameEditor:
             # edit with the source prompt retraces the inversion to the bit.
             def denoise(latents: Tensor, timesteps: Tensor, group=group) -> Tensor:
                 k = steps_of[int(timesteps[0])]
-                return self.branch_predictions(group, latents, latents, k)[0]
+                guidance = self.config.source_guidance
+                return self.branch_predictions(group, latents, latents, k, guidance=guidance)[0]
 
             with torch.no_grad():
                 inversion = invert(denoise, self.scheduler, self.src0[group], steps, generator)

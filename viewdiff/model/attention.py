@@ -128,7 +128,7 @@ class MultiViewAttnProcessor:
         control = None if multiview is None else multiview.control
         if control is not None and is_self_attention and control.inject_self:
             query, key = control.borrow_rows(query), control.borrow_rows(key)
-        if control is not None and not is_self_attention and control.replace_cross:
+        if control is not None and not is_self_attention and control.explicit_cross:
             from viewdiff.editing.attention_control import attend_with_control
 
             hidden_states = attend_with_control(query, key, value, attn.heads, control)
