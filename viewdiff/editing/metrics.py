@@ -4,7 +4,9 @@
   truth it was edited toward, at the edit views: views that disagree cannot all be matched by one
   scene, so inconsistent 2D edits score low;
 - preservation: the PSNR, outside the original object (its rendered opacity < 0.5), of the edited
-  scene's renders against the original scene's, on an orbit of views.
+  scene's renders against the original scene's, on an orbit of views;
+- CLIP directional similarity of the orbit renders, with a user-supplied CLIP
+  (``viewdiff.editing.clip_similarity``), when one is given.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from viewdiff.scene.losses import psnr, ssim
 from viewdiff.scene.render import render
 
 if TYPE_CHECKING:
+    from viewdiff.editing.clip_similarity import ClipDirection
     from viewdiff.editing.trame import TrameEditor
 
 
@@ -42,8 +45,11 @@ def render_orbit(scene, orbit: Trajectory, background: Tensor) -> tuple[Tensor, 
     return torch.stack(rgb), torch.stack(alpha)
 
 
-def edit_metrics(editor: TrameEditor, orbit: Trajectory) -> dict[str, Any]:
-    """Consistency and preservation of a finished edit, plus the orbit renders (V, 3, H, W)."""
+def edit_metrics(
+    editor: TrameEditor, orbit: Trajectory, clip: ClipDirection | None = None
+) -> dict[str, Any]:
+    """Consistency and preservation (and CLIP direction) of a finished edit, plus the orbit
+    renders (V, 3, H, W)."""
     edited = editor.scene()
     at_views = editor.render_all(edited)
     pseudo = editor.pseudo
@@ -53,9 +59,13 @@ def edit_metrics(editor: TrameEditor, orbit: Trajectory) -> dict[str, Any]:
     after, _ = render_orbit(edited, orbit, editor.background)
     outside = alpha < 0.5
     preserved = [masked_psnr(after[v], before[v], outside[v]) for v in range(len(orbit))]
-    return {
+    metrics = {
         "consistency_psnr": sum(consistency) / len(consistency),
         "consistency_ssim": sum(similarity) / len(similarity),
         "outside_psnr": sum(preserved) / len(preserved),
         "orbit_renders": after,
     }
+    if clip is not None:
+        direction = clip.directional_similarity(before, after, editor.source_prompt, editor.prompt)
+        metrics["clip_directional_similarity"] = direction
+    return metrics

@@ -4,7 +4,8 @@ TrAME and GaussianEditor trace the edited object's Gaussians from 2D masks (SAM 
 evidence is the prior's own cross-attention to the changed words (``AttentionRecord``), each
 view's map normalised to [0, 1]. Every Gaussian's centre is projected into every view it falls
 in; a Gaussian is selected when the mean map value at its projections reaches ``threshold``
-times the highest such mean (voting over views; occlusion is not modelled: a hidden Gaussian votes with what hides it).
+times the highest such mean (voting over views; occlusion is not modelled: a hidden Gaussian
+votes with what hides it).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from viewdiff.editing.attention_control import word_positions
+from viewdiff.editing.clip_similarity import ClipDirection
 from viewdiff.editing.denoisers import check_editing_model, load_editing_model
 from viewdiff.editing.metrics import edit_metrics
 from viewdiff.editing.region import lift_region
@@ -71,6 +72,7 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", choices=("ddcm", "ddpm"), help="virtual inversion (ddcm)")
     parser.add_argument("--no-tas", action="store_true", help="ablation: 2D edit, then 3D fit")
     parser.add_argument("--no-vcac", action="store_true", help="ablation: no attention control")
+    parser.add_argument("--clip", type=Path, help="a CLIP folder: adds CLIP directional similarity")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -119,6 +121,7 @@ def run_edit_scene(args: argparse.Namespace) -> None:
         selected = ((means >= low) & (means <= high)).all(1)
         if not bool(selected.any()):
             raise ValueError(f"--region {args.region}: no Gaussian of {args.scene} is inside it")
+    clip = None if args.clip is None else ClipDirection(args.clip, device)
     editing = load_editing_model(args.checkpoint, device)
     editor = TrameEditor(editing, scene, cameras, args.source_prompt, args.prompt, config,
                          selected)  # fmt: skip
@@ -154,7 +157,7 @@ def run_edit_scene(args: argparse.Namespace) -> None:
     edited = editor.scene()
     write_gaussian_ply(out / "scene.ply", edited)
     orbit = orbit_trajectory(24, sample.elevation_deg, sample.radius, size, sample.fov_deg)
-    metrics = edit_metrics(editor, orbit)
+    metrics = edit_metrics(editor, orbit, clip)
     metrics.pop("orbit_renders")
     write_before_after(out, editor, sample, size)
     info = {
