@@ -70,3 +70,15 @@ def test_edit_quality_benchmark_measures_every_figure_quickly(tmp_path, capsys):
     for name in ("joint", "one_by_one"):
         assert 0 <= result[name]["colour_right"] <= 1 and 0 < result[name]["background_psnr"] < 100
     assert (tmp_path / "edit_quality.png").is_file() and "| joint |" in capsys.readouterr().out
+
+
+def test_trame_quality_benchmark_measures_every_variant_quickly(tmp_path, capsys):
+    main = runpy.run_path("bench/trame_quality.py")["main"]
+    assert main(["--quick", "--work", str(tmp_path), "--views", "4",
+                 "--variants", "full,no_tas,no_vcac"]) == 0  # fmt: skip
+    variants = json.loads((tmp_path / "trame_quality.json").read_text())["variants"]
+    assert set(variants) == {"full", "no_tas", "no_vcac"}
+    for metrics in variants.values():
+        assert 0 <= metrics["target_colour"] <= 1 and len(metrics["colours"]) == 24
+        assert 0 < metrics["consistency_psnr"] < 100 and 0 < metrics["outside_psnr"] < 100
+    assert (tmp_path / "trame_quality.png").is_file() and "| no_tas |" in capsys.readouterr().out
