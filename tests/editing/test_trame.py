@@ -130,6 +130,31 @@ def test_bad_scene_inputs(editing):
                     selected=torch.zeros(300, dtype=torch.bool))  # fmt: skip
     with pytest.raises(ValueError, match="trame.updates"):
         _config(updates=((0, -1),))
+    with pytest.raises(ValueError, match=r"held-out views \[7\]"):
+        TrameEditor(editing, _scene(), cameras, "a", "b", _config(held_out=(7,)))
+
+
+def test_held_out_views_are_never_trained_on(editing, monkeypatch):
+    from viewdiff.editing import trame
+
+    seen = []
+    original = trame.render
+
+    def spy(scene, K, w2c, *args, **kwargs):
+        if scene.means.requires_grad and torch.is_grad_enabled():
+            seen.append(w2c.clone())
+        return original(scene, K, w2c, *args, **kwargs)
+
+    monkeypatch.setattr(trame, "render", spy)
+    editor = _editor(editing, target="a blue box", held_out=(1, 3))
+    while not editor.done:
+        editor.step()
+    trained = {tuple(w.flatten().tolist()) for w in seen}
+    assert trained == {tuple(editor.cameras.w2c[v].flatten().tolist()) for v in (0, 2)}
+    from viewdiff.editing.metrics import edit_metrics
+
+    metrics = edit_metrics(editor, orbit_trajectory(4, 30.0, 4.0, 64))
+    assert 0 < metrics["held_out_psnr"] < 100
 
 
 def _run(args):
@@ -151,6 +176,7 @@ def test_edit_scene_command(tiny_export, tmp_path, capsys):
     assert _run(args) == 0
     info = json.loads((out / "edit.json").read_text())
     assert set(info["metrics"]) == {"consistency_psnr", "consistency_ssim", "outside_psnr"}
+    assert _run([*args, "--held-out", "9"]) == 2
     assert len(info["steps"]) == 2 and (out / "scene.ply").is_file()
     assert (out / "before_after.gif").is_file() and (out / "progress" / "step-03.png").is_file()
     assert (out / "checkpoint" / "state.json").is_file()

@@ -2,7 +2,8 @@
 
 - 3D consistency: the PSNR / SSIM of the edited scene's renders against the 2D pseudo ground
   truth it was edited toward, at the edit views: views that disagree cannot all be matched by one
-  scene, so inconsistent 2D edits score low;
+  scene, so inconsistent 2D edits score low; and the same PSNR at held-out views (edited in 2D,
+  never used by the 3D updates);
 - preservation: the PSNR, outside the original object (its rendered opacity < 0.5), of the edited
   scene's renders against the original scene's, on an orbit of views;
 - CLIP directional similarity of the orbit renders, with a user-supplied CLIP
@@ -53,8 +54,10 @@ def edit_metrics(
     edited = editor.scene()
     at_views = editor.render_all(edited)
     pseudo = editor.pseudo
-    consistency = [psnr(a, b) for a, b in zip(at_views, pseudo, strict=True)]
-    similarity = [float(ssim(a, b)) for a, b in zip(at_views, pseudo, strict=True)]
+    trained = editor.trained_views
+    consistency = [psnr(at_views[v], pseudo[v]) for v in trained]
+    similarity = [float(ssim(at_views[v], pseudo[v])) for v in trained]
+    held_out = [psnr(at_views[v], pseudo[v]) for v in editor.config.held_out]
     before, alpha = render_orbit(editor.original, orbit, editor.background)
     after, _ = render_orbit(edited, orbit, editor.background)
     outside = alpha < 0.5
@@ -65,6 +68,8 @@ def edit_metrics(
         "outside_psnr": sum(preserved) / len(preserved),
         "orbit_renders": after,
     }
+    if held_out:
+        metrics["held_out_psnr"] = sum(held_out) / len(held_out)
     if clip is not None:
         direction = clip.directional_similarity(before, after, editor.source_prompt, editor.prompt)
         metrics["clip_directional_similarity"] = direction

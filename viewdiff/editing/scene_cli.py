@@ -70,6 +70,13 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--guidance", type=float, help="CFG of both branches (7.5)")
     parser.add_argument("--keyframe-every", type=int, help="a keyframe every K views (4)")
     parser.add_argument("--sampler", choices=("ddcm", "ddpm"), help="virtual inversion (ddcm)")
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        nargs="+",
+        default=[],
+        help="edit views the 3D updates never see (measured: held_out_psnr)",
+    )
     parser.add_argument("--no-tas", action="store_true", help="ablation: 2D edit, then 3D fit")
     parser.add_argument("--no-vcac", action="store_true", help="ablation: no attention control")
     parser.add_argument("--clip", type=Path, help="a CLIP folder: adds CLIP directional similarity")
@@ -89,7 +96,13 @@ def trame_config(args: argparse.Namespace) -> TrameConfig:
         "sampler": args.sampler,
     }
     config = TrameConfig(**{k: v for k, v in changes.items() if v is not None})
-    return dataclasses.replace(config, tas=not args.no_tas, vcac=not args.no_vcac, seed=args.seed)
+    return dataclasses.replace(
+        config,
+        tas=not args.no_tas,
+        vcac=not args.no_vcac,
+        seed=args.seed,
+        held_out=tuple(args.held_out),
+    )
 
 
 def run_edit_scene(args: argparse.Namespace) -> None:

@@ -109,6 +109,9 @@ class TrameConfig:
     source_guidance: float | None = None
     """Guidance of the ddpm sampler's inversion (None: ``guidance``; the inversion paper
     inverts at 3.5 and edits at 15)."""
+    held_out: tuple[int, ...] = ()
+    """Edit views that are edited in 2D but never used by the 3D updates: the scene's renders
+    there, against their pseudo ground truth, measure how well the edit generalises."""
     tas: bool = True
     """False: edit in 2D first, then reconstruct (the ablation)."""
     vcac: bool = True
@@ -131,6 +134,8 @@ class TrameConfig:
             raise ValueError(f"trame.guidance must be >= 1, got {self.guidance}")
         for name in ("kappa", "f", "updates", "anchor_weight"):
             check_schedule(getattr(self, name), f"trame.{name}")
+        if len(set(self.held_out)) != len(self.held_out):
+            raise ValueError(f"trame.held_out repeats views: {list(self.held_out)}")
         if any(v < 0 for _, v in self.updates):
             raise ValueError(f"trame.updates must be >= 0, got {list(self.updates)}")
         for name in ("inject_self_until", "replace_cross_until", "blend_from"):
@@ -147,7 +152,8 @@ class TrameConfig:
         return (k - self.start) / (self.steps - self.start)
 
     def total_updates(self, views: int) -> int:
-        """3D updates of the whole trajectory (the budget the no-TAS ablation gets too)."""
+        """3D updates of the whole trajectory for ``views`` trained views (the budget the
+        no-TAS ablation gets too)."""
         return sum(int(value_at(self.updates, k)) * views for k in self.trajectory_steps)
 
 
@@ -214,6 +220,12 @@ class TrameEditor:
         self.background = torch.tensor(config.background, device=device)
         self.original = scene.detach().to(device=device).with_sh_degree(config.fit.sh_degree)
         self.plan: ViewPlan = plan_views(cameras.w2c, config.keyframe_every, config.max_angle_deg)
+        outside = [v for v in config.held_out if not 0 <= v < len(cameras)]
+        if outside:
+            raise ValueError(f"held-out views {outside} are not among the {len(cameras)} views")
+        self.trained_views = [v for v in range(len(cameras)) if v not in config.held_out]
+        if not self.trained_views:
+            raise ValueError("every edit view is held out: nothing to update the scene with")
         coverage = edit_masks(self.original, cameras, None).flatten(1).amax(1)  # (V,)
         unseen = torch.nonzero(coverage < 0.5).flatten().tolist()
         if unseen:
@@ -464,7 +476,8 @@ class TrameEditor:
         weight = value_at(config.anchor_weight, k)
         total = 0.0
         for _ in range(count):
-            view = int(torch.randint(len(self.cameras), (1,), generator=self.generator))
+            pick = int(torch.randint(len(self.trained_views), (1,), generator=self.generator))
+            view = self.trained_views[pick]
             fitter.begin_step()
             out = render(fitter.scene, self.cameras.K[view], self.cameras.w2c[view], height,
                          width, self.background, backend=config.fit.backend)  # fmt: skip
@@ -494,7 +507,7 @@ class TrameEditor:
         z_render = self.encode(self.render_all(self.fitter.scene)) if config.tas else None
         self.edit_2d(k, z_render)
         self.pseudo = self.decode(self.tgt0)
-        views = len(self.cameras)
+        views = len(self.trained_views)
         if config.tas:
             count = int(value_at(config.updates, k)) * views
         else:
