@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from viewdiff.editing.denoisers import denoiser, load_editing_model  # noqa: E402
 from viewdiff.editing.inversion import generate, invert  # noqa: E402
+from viewdiff.editing.metrics import masked_psnr  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
 from viewdiff.sampling import decode_latents, encode_images  # noqa: E402
 from viewdiff.scene.fit import FitConfig  # noqa: E402
@@ -54,12 +55,6 @@ def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
     size = 2 * pixels + 1
     grown = torch.nn.functional.max_pool2d(masks[:, None].float(), size, stride=1, padding=pixels)
     return grown[:, 0] > 0
-
-
-def masked_psnr(image: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> float:
-    """PSNR (dB) of images (3, H, W) in [0, 1] over the pixels where ``keep`` (H, W) is true."""
-    mse = ((image - target) ** 2).mean(0)[keep].mean().clamp_min(1e-10)
-    return float(-10 * torch.log10(mse))
 
 
 def agreement(images: torch.Tensor, cameras: Trajectory, config: FitConfig) -> float:

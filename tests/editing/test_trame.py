@@ -55,12 +55,26 @@ def test_controls_change_the_target_only_and_only_when_on(editing):
         assert (target - plain_t).abs().max() > 1e-4, switch
 
 
+def test_kv_propagation_takes_every_objects_first_view(editing):
+    generator = torch.Generator().manual_seed(4)
+    latents = torch.randn(2 * VIEWS, 4, 8, 8, generator=generator)
+    prompts = ["a red ball", "a blue box"]
+    control = AttentionControl(VIEWS, propagate_first=True)
+    source, target = _dual_call(editing, prompts, control, latents)
+    plain_s, _ = _dual_call(editing, prompts, None, latents)
+    assert (source - plain_s).abs().max() > 1e-4  # both branches propagate
+    rows = torch.arange(4 * VIEWS, dtype=torch.float32)[:, None]
+    assert control.from_first_view(rows).flatten().tolist() == [
+        float(VIEWS * (r // VIEWS)) for r in range(4 * VIEWS)
+    ]
+
+
 def test_same_prompt_with_controls_keeps_the_branches_equal(editing):
     generator = torch.Generator().manual_seed(1)
     half = torch.randn(VIEWS, 4, 8, 8, generator=generator)
     prompts = ["a red ball", "a red ball"]
     shared, index = token_alignment(editing.tokenizer, *prompts)
-    control = AttentionControl(VIEWS, True, True, shared, index)
+    control = AttentionControl(VIEWS, True, True, True, shared, index)
     source, target = _dual_call(editing, prompts, control, torch.cat([half, half]))
     assert torch.allclose(source, target, atol=1e-5)
 

@@ -9,13 +9,16 @@ each, so that object 2j + 1 is the target twin of object 2j. An ``AttentionContr
 
 - ``inject_self``: in self-attention (our cross-frame attention) the target rows take the source
   rows' queries and keys, so the target keeps the source's structure (TrAME Eq. 9, early steps);
+- ``propagate_first``: in self-attention every view takes the keys and values of its object's
+  first view (KV propagation: a context's views attend to their keyframe's), in both branches
+  alike, so that equal prompts still give equal branches;
 - ``replace_cross``: in cross-attention the target's attention probabilities of the tokens both
   prompts share are the source's (prompt-to-prompt's word swap, with its token alignment).
 
-Source rows are never changed, and with both switches off (or no control) the processor computes
-what it computes without one. KV propagation and KV reference (keyframes attending to all
-keyframes, context views to their keyframe) are what our cross-frame attention already does
-inside a batch: the TrAME loop puts all keyframes in one batch and each context with its keyframe.
+Apart from KV propagation, source rows are never changed, and with the switches off (or no
+control) the processor computes what it computes without one. KV reference (keyframes attending
+to all keyframes) is what our cross-frame attention already does inside a batch: the TrAME loop
+edits all keyframes in one batch, and each context in a batch led by its keyframe.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class AttentionControl:
     """Target self-attention queries and keys := the source's."""
     replace_cross: bool = False
     """Target cross-attention probabilities of shared tokens := the source's."""
+    propagate_first: bool = False
+    """Self-attention keys and values of every view := those of its object's first view, in both
+    branches (TrAME's KV propagation from a context's keyframe)."""
     shared_tokens: Tensor | None = None
     """(77,) bool: target tokens that the source prompt has too (``token_alignment``)."""
     source_index: Tensor | None = None
@@ -86,7 +92,8 @@ class AttentionControl:
     @property
     def active(self) -> bool:
         """Whether any control is on in this call."""
-        return self.inject_self or self.replace_cross or self.record is not None
+        switches = (self.inject_self, self.replace_cross, self.propagate_first)
+        return any(switches) or self.record is not None
 
     @property
     def explicit_cross(self) -> bool:
@@ -111,6 +118,11 @@ class AttentionControl:
         out = x.clone()
         out[target.to(x.device)] = x[source.to(x.device)]
         return out
+
+    def from_first_view(self, x: Tensor) -> Tensor:
+        """x (rows, ...) with every row replaced by its object's first row (both branches)."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[(rows // self.n_views) * self.n_views]
 
     def cross_probabilities(self, probs: Tensor) -> Tensor:
         """Cross-attention probabilities (rows, heads, L, 77) with the target rows' shared tokens

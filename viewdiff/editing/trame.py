@@ -93,6 +93,9 @@ class TrameConfig:
     queries and keys (structure)."""
     replace_cross_until: float = 0.8
     """... during which the target's cross-attention maps of shared tokens are the source's."""
+    propagate_until: float = 1.0
+    """... during which a context's views take their keyframe's self-attention keys and values
+    (KV propagation)."""
     blend_from: float = 0.0
     """Fraction of the trajectory after which the edit is blended with the source outside the
     edit mask (local blending); 1 switches it off."""
@@ -138,7 +141,7 @@ class TrameConfig:
             raise ValueError(f"trame.held_out repeats views: {list(self.held_out)}")
         if any(v < 0 for _, v in self.updates):
             raise ValueError(f"trame.updates must be >= 0, got {list(self.updates)}")
-        for name in ("inject_self_until", "replace_cross_until", "blend_from"):
+        for name in ("inject_self_until", "replace_cross_until", "propagate_until", "blend_from"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"trame.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -295,9 +298,11 @@ class TrameEditor:
     # The 2D part: one dual-branch step of a group of views.
 
     def control(
-        self, k: int, n_views: int, record: AttentionRecord | None = None
+        self, k: int, views: list[int], record: AttentionRecord | None = None
     ) -> AttentionControl | None:
-        """The attention control of step k (None when VCAC is off and nothing is recorded)."""
+        """The attention control of step k for a batch of ``views`` (None when VCAC is off and
+        nothing is recorded); a context batch propagates its keyframe's keys and values."""
+        n_views = len(views)
         if not self.config.vcac:
             return None if record is None else AttentionControl(n_views, record=record)
         fraction = self.config.fraction(k)
@@ -306,6 +311,7 @@ class TrameEditor:
             n_views,
             inject_self=fraction < self.config.inject_self_until,
             replace_cross=fraction < self.config.replace_cross_until,
+            propagate_first=views != self.plan.keyframes and fraction < self.config.propagate_until,
             shared_tokens=shared,
             source_index=index,
             record=record,
@@ -382,7 +388,7 @@ class TrameEditor:
                 torch.full((rows,), int(self.grid[k]), device=device),
                 self.conditions(views, self.texts),
                 self.config.guidance if guidance is None else guidance,
-                control=self.control(k, len(views), record),
+                control=self.control(k, views, record),
             )
         eps_s, eps_t = eps.to(x_s).chunk(2)
         return eps_s, eps_t

@@ -128,6 +128,8 @@ class MultiViewAttnProcessor:
         control = None if multiview is None else multiview.control
         if control is not None and is_self_attention and control.inject_self:
             query, key = control.borrow_rows(query), control.borrow_rows(key)
+        if control is not None and is_self_attention and control.propagate_first:
+            key, value = control.from_first_view(key), control.from_first_view(value)
         if control is not None and not is_self_attention and control.explicit_cross:
             from viewdiff.editing.attention_control import attend_with_control
 
