@@ -124,6 +124,10 @@ class AttentionControl:
         rows = torch.arange(x.shape[0], device=x.device)
         return x[(rows // self.n_views) * self.n_views]
 
+    def cross_attend(self, query: Tensor, key: Tensor, value: Tensor, heads: int) -> Tensor:
+        """Cross-attention (rows, L, inner) under this control (``attend_with_control``)."""
+        return attend_with_control(query, key, value, heads, self)
+
     def cross_probabilities(self, probs: Tensor) -> Tensor:
         """Cross-attention probabilities (rows, heads, L, 77) with the target rows' shared tokens
         taken from the source rows (aligned by ``source_index``)."""

@@ -131,9 +131,9 @@ class MultiViewAttnProcessor:
         if control is not None and is_self_attention and control.propagate_first:
             key, value = control.from_first_view(key), control.from_first_view(value)
         if control is not None and not is_self_attention and control.explicit_cross:
-            from viewdiff.editing.attention_control import attend_with_control
-
-            hidden_states = attend_with_control(query, key, value, attn.heads, control)
+            if attention_mask is not None:
+                raise ValueError("attention control does not support a cross-attention mask")
+            hidden_states = control.cross_attend(query, key, value, attn.heads)
         else:
             hidden_states = self._attend(attn, query, key, value, attention_mask, n_views)
 
