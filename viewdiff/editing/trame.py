@@ -63,6 +63,7 @@ from viewdiff.scene.fit import FitConfig, GaussianFitter, scene_extent
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.losses import ssim
 from viewdiff.scene.render import render
+from viewdiff.scene.sh import rgb_to_sh0
 
 STATE_FORMAT = "viewdiff.trame-state/1"
 SCENE_FILE, TENSORS_FILE, STATE_FILE = "scene.ply", "state.safetensors", "state.json"
@@ -168,8 +169,6 @@ def edit_masks(scene: GaussianScene, cameras: Trajectory, selected: Tensor | Non
     if selected is not None:
         weights = selected.to(weights)
     # Render the selection as colour: white Gaussians where selected, black elsewhere.
-    from viewdiff.scene.sh import rgb_to_sh0
-
     marked = dataclasses.replace(
         scene.detach(),
         f_dc=rgb_to_sh0(weights[:, None].expand(-1, 3)),
