@@ -158,6 +158,44 @@ def invert_rigid(transform: Tensor) -> Tensor:
     return inverse
 
 
+RIGID_TOLERANCE = 1e-4  # |R R^T - I| and |det R - 1| allowed in a camera's rotation
+
+
+def camera_problem(K: Tensor, w2c: Tensor, tolerance: float = RIGID_TOLERANCE) -> str | None:
+    """What is wrong with one camera, K (3, 3) in pixels and OpenCV w2c (4, 4), or None:
+    non-finite entries, focal lengths that are not positive, intrinsics whose last row is not
+    [0, 0, 1], a last w2c row other than [0, 0, 0, 1], a 3x3 block that is not a rotation."""
+    K, w2c = K.double(), w2c.double()
+    if not bool(torch.isfinite(K).all()):
+        return "K has NaN or inf entries"
+    if not bool(torch.isfinite(w2c).all()):
+        return "w2c has NaN or inf entries"
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        return f"focal lengths must be positive, got fx={K[0, 0]:.6g}, fy={K[1, 1]:.6g}"
+    if not torch.allclose(K[2], K.new_tensor([0.0, 0.0, 1.0]), atol=tolerance):
+        return f"the last row of K must be [0, 0, 1], got {K[2].tolist()}"
+    if not torch.allclose(w2c[3], w2c.new_tensor([0.0, 0.0, 0.0, 1.0]), atol=tolerance):
+        return f"the last row of w2c must be [0, 0, 0, 1], got {w2c[3].tolist()}"
+    rotation = w2c[:3, :3]
+    drift = (rotation @ rotation.T - torch.eye(3, dtype=rotation.dtype)).abs().max()
+    determinant = torch.linalg.det(rotation)
+    if drift > tolerance or (determinant - 1).abs() > tolerance:
+        return (
+            f"w2c is not rigid: its 3x3 block is not a rotation (|R R^T - I| = {drift:.2g}, "
+            f"det = {determinant:.6g})"
+        )
+    return None
+
+
+def check_cameras(K: Tensor, w2c: Tensor, source: str) -> None:
+    """A ValueError naming ``source`` and the first bad view unless every camera of K (V, 3, 3)
+    and w2c (V, 4, 4) is usable (``camera_problem``)."""
+    for view in range(K.shape[0]):
+        problem = camera_problem(K[view], w2c[view])
+        if problem is not None:
+            raise ValueError(f"{source}: view {view}: {problem}")
+
+
 def camera_centers(w2c: Tensor) -> Tensor:
     """Camera centres in world coordinates (..., 3) of w2c (..., 4, 4)."""
     rotation = w2c[..., :3, :3]

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from viewdiff.cameras import camera_problem
+
 CONVENTION = "opencv"
 
 
@@ -60,11 +62,9 @@ def cameras_from_json(
         if not isinstance(view, dict):
             raise ValueError(f"{where}: expected an object with 'K' and 'w2c'")
         K, w2c = _matrix(view, "K", 3, where), _matrix(view, "w2c", 4, where)
-        rotation = w2c[:3, :3]
-        if not torch.allclose(w2c[3], w2c.new_tensor([0.0, 0.0, 0.0, 1.0])):
-            raise ValueError(f"{where}: the last row of 'w2c' must be [0, 0, 0, 1]")
-        if not torch.allclose(rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-4):
-            raise ValueError(f"{where}: 'w2c' is not rigid (its 3x3 block is not a rotation)")
+        problem = camera_problem(K, w2c)
+        if problem is not None:
+            raise ValueError(f"{where}: {problem}")
         Ks.append(K)
         w2cs.append(w2c)
     return torch.stack(Ks), torch.stack(w2cs), (document["height"], document["width"])

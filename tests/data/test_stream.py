@@ -288,6 +288,29 @@ def test_corrupt_data_is_skipped_counted_and_the_rest_is_intact(shards, tmp_path
     assert len(warnings) == 1 and "skipping" in warnings[0].getMessage()
 
 
+def test_bad_cameras_skip_their_sample(shards, tmp_path, caplog):
+    folder = Path(shutil.copytree(shards, tmp_path / "shards"))
+    first = read_manifest(folder)["shards"][0]["name"]
+    with tarfile.open(folder / first) as tar:
+        keys = list(dict.fromkeys(n.split(".", 1)[0] for n in tar.getnames()))
+
+    def nan_pose(meta):
+        meta["frames"][1]["w2c"][0][3] = math.nan
+
+    def zero_focal(meta):
+        meta["frames"][2]["K"][0][0] = 0.0
+
+    rewrite_tar(folder / first, edit_meta=nan_pose, sample=0)
+    rewrite_tar(folder / first, edit_meta=zero_focal, sample=1)
+    with caplog.at_level(logging.WARNING, logger="viewdiff.data.stream"):
+        batches = one_pass(config(folder), batch_size=1)
+    seen = {key for batch in batches for key in batch["key"]}
+    assert keys[0] not in seen and keys[1] not in seen and set(keys[2:]) <= seen
+    assert batches[-1]["skipped"] == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "viewdiff.data.stream"]
+    assert f"{first}: sample {keys[0]}: view 1: w2c has NaN or inf" in warning
+
+
 def test_pipe_url_reads_the_same_samples_as_the_folder(shards):
     pattern = f"pipe:cat {shards}/train-{{000000..000002}}.tar"
     local, piped = one_pass(config(shards)), one_pass(config(pattern))

@@ -81,6 +81,26 @@ def test_ply_with_a_wrong_number_of_sh_coefficients_fails(tmp_path):
         read_gaussian_ply(tmp_path / "odd.ply")
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_ply_with_nan_or_inf_names_the_property(tmp_path, value):
+    scene = random_scene(3, sh_degree=0, generator=torch.Generator().manual_seed(5))
+    write_gaussian_ply(tmp_path / "full.ply", scene)
+    columns = read_ply(tmp_path / "full.ply")
+    columns["scale_1"][2] = value
+    write_ply(tmp_path / "bad.ply", columns)
+    with pytest.raises(ValueError, match=r"bad.ply: property 'scale_1' is NaN or inf in 1 of 3"):
+        read_gaussian_ply(tmp_path / "bad.ply")
+
+
+def test_ply_without_gaussians_is_refused(tmp_path):
+    scene = random_scene(2, sh_degree=0, generator=torch.Generator().manual_seed(6))
+    write_gaussian_ply(tmp_path / "full.ply", scene)
+    columns = {name: values[:0] for name, values in read_ply(tmp_path / "full.ply").items()}
+    write_ply(tmp_path / "empty.ply", columns)
+    with pytest.raises(ValueError, match="empty.ply: the scene has no Gaussians"):
+        read_gaussian_ply(tmp_path / "empty.ply")
+
+
 def test_scene_checks_shapes():
     scene = random_scene(3, sh_degree=1)
     with pytest.raises(ValueError, match=r"GaussianScene.quats: expected shape \(3, 4\)"):

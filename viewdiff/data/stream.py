@@ -41,7 +41,7 @@ import webdataset as wds
 from PIL import Image
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers, intensity_stats, pose_features
+from viewdiff.cameras import camera_centers, camera_problem, intensity_stats, pose_features
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import read_manifest
 
@@ -204,6 +204,11 @@ class DrawViews:
                 f"{where}: views are {meta['image_size']} px, data.image_size is {self.image_size}"
             )
         w2c = torch.tensor([frame["w2c"] for frame in frames], dtype=torch.float64)
+        K = torch.tensor([frame["K"] for frame in frames], dtype=torch.float64)
+        for index in range(len(frames)):  # a bad camera would train on garbage: skip the sample
+            problem = camera_problem(K[index], w2c[index])
+            if problem is not None:
+                raise SampleError(f"{where}: view {index}: {problem}")
         if self.view_sampling == "spread":
             chosen = spread_views(w2c, self.n_views, rng)
         else:
@@ -216,7 +221,7 @@ class DrawViews:
             "prompt": rng.choice(captions) if captions else f"a {meta['category']}",
             "jpg": [sample[f"{i:03d}.jpg"] for i in chosen],
             "png": [sample[f"{i:03d}.mask.png"] for i in chosen],
-            "K": torch.tensor([frames[i]["K"] for i in chosen], dtype=torch.float64),
+            "K": K[chosen],
             "w2c": w2c[chosen],
             "frame_numbers": torch.tensor([frames[i]["frame_number"] for i in chosen]),
             "similarity": torch.tensor(meta["similarity"], dtype=torch.float64),

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from viewdiff.cameras import (
     camera_centers,
+    check_cameras,
     intrinsics_from_fov,
     orbit,
     pose_features,
@@ -98,6 +99,7 @@ def check_trajectory(trajectory: Trajectory, source: str) -> None:
             f"{source}: K {tuple(trajectory.K.shape)} and w2c {tuple(trajectory.w2c.shape)}; "
             "expected (V, 3, 3) and (V, 4, 4)"
         )
+    check_cameras(trajectory.K, trajectory.w2c, source)
     # The model sees the object box from outside: a camera that does not have the box centre in
     # front of it was written in another world frame (not the normalised scene).
     centre = torch.zeros(1, 3, dtype=trajectory.w2c.dtype)

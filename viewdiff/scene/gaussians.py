@@ -333,6 +333,15 @@ def read_gaussian_ply(
         return torch.from_numpy(array)
 
     n = len(columns["x"])
+    if n == 0:
+        raise ValueError(f"{path}: the scene has no Gaussians")
+    for name, values in columns.items():
+        if np.issubdtype(values.dtype, np.floating):
+            bad = int((~np.isfinite(values)).sum())
+            if bad:
+                raise ValueError(
+                    f"{path}: property {name!r} is NaN or inf in {bad} of {n} Gaussians"
+                )
     scene = GaussianScene(
         means=stack(["x", "y", "z"]),
         log_scales=stack(["scale_0", "scale_1", "scale_2"]),
