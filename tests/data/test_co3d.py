@@ -206,6 +206,15 @@ def _write_and_read(root: Path, frames) -> None:
         (lambda f: f["viewpoint"].update(intrinsics_format="ndc"), "intrinsics_format 'ndc'"),
         (lambda f: f["depth"].update(scale_adjustment=0), "depth.scale_adjustment must be"),
         (lambda f: f["image"].update(size=[72]), "image.size must be [H, W]"),
+        (lambda f: f["viewpoint"].update(focal_length=[0.0, 1.0]), "focal_length must be positive"),
+        (
+            lambda f: f["viewpoint"].update(R=[[2, 0, 0], [0, 1, 0], [0, 0, 1]]),
+            "R is not a rotation",
+        ),
+        (
+            lambda f: f["viewpoint"].update(R=[[-1, 0, 0], [0, 1, 0], [0, 0, 1]]),
+            "R is not a rotation",
+        ),
     ],
 )
 def test_malformed_frames_name_file_and_frame(root, damage, message):

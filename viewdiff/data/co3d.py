@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viewdiff.cameras import INTRINSICS_FORMATS, co3d_to_opencv
+from viewdiff.cameras import INTRINSICS_FORMATS, RIGID_TOLERANCE, co3d_to_opencv
 from viewdiff.ply import read_ply
 
 FRAME_ANNOTATIONS = "frame_annotations.jgz"
@@ -161,6 +161,16 @@ def _parse_viewpoint(viewpoint: Any, where: str) -> tuple:
     focal = _numbers(focal, (2,), "viewpoint.focal_length", where)
     principal = _field(viewpoint, "principal_point", where, "viewpoint")
     principal = _numbers(principal, (2,), "viewpoint.principal_point", where)
+    if not (focal > 0).all():
+        raise Co3dFormatError(
+            f"{where}: viewpoint.focal_length must be positive, got {focal.tolist()}"
+        )
+    drift = np.abs(R @ R.T - np.eye(3)).max()
+    if drift > RIGID_TOLERANCE or abs(np.linalg.det(R) - 1) > RIGID_TOLERANCE:
+        raise Co3dFormatError(
+            f"{where}: viewpoint.R is not a rotation (|R R^T - I| = {drift:.2g}, "
+            f"det = {np.linalg.det(R):.6g})"
+        )
     fmt = viewpoint.get("intrinsics_format", DEFAULT_INTRINSICS_FORMAT)
     if fmt not in INTRINSICS_FORMATS:
         raise Co3dFormatError(
