@@ -150,7 +150,8 @@ class TrainConfig:
     """AdamW epsilon."""
 
     max_grad_norm: float = 5e-3
-    """Gradient clipping by global norm (the reference clips hard); 0 disables it."""
+    """Gradient clipping by global norm (the reference clips hard); 0 disables it, a negative
+    value is an error."""
 
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Mixed precision of the forward/backward pass (the reference trains in fp32)."""

@@ -1,13 +1,14 @@
 """Generating a trajectory's views: one batch, a sliding window, given views, intensity stats."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from viewdiff.cameras import intensity_stats
 from viewdiff.config import SampleConfig
-from viewdiff.inference.autoregressive import generate_views
+from viewdiff.inference.autoregressive import check_sample_config, generate_views
 from viewdiff.inference.trajectory import default_input_camera, orbit_trajectory
 from viewdiff.inference.windows import plan_windows
 
@@ -51,6 +52,22 @@ def test_prompts_are_batched_without_changing_their_views(prior):
         generate_views(prior, ["a box"], trajectory, FAST, [0, 1])
     with pytest.raises(ValueError, match="sample.window_views must be at least 1"):
         generate_views(prior, ["a box"], trajectory, dataclasses.replace(FAST, window_views=0), [0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"guidance_scale": math.nan}, "sample.guidance_scale must be finite and >= 0, got nan"),
+        ({"guidance_scale": -1.0}, "sample.guidance_scale must be finite and >= 0"),
+        ({"image_guidance_scale": math.inf}, "sample.image_guidance_scale must be finite"),
+        ({"radius": 0.0}, "sample.radius must be finite and positive"),
+        ({"fov_deg": math.nan}, "sample.fov_deg must be finite and positive"),
+        ({"elevation_deg": math.inf}, "sample.elevation_deg must be finite"),
+    ],
+)
+def test_sampler_numbers_are_checked(change, message):
+    with pytest.raises(ValueError, match=message):
+        check_sample_config(dataclasses.replace(FAST, **change))
 
 
 @pytest.mark.parametrize("stats_mode", ["zero", "known"])

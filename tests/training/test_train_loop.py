@@ -179,6 +179,19 @@ def no_compute(monkeypatch):
         ("train.resume={tmp}/gone", "train.resume='{tmp}/gone': no such checkpoint folder"),
         ("train.resume={tmp}/no-unet", "not a complete checkpoint (no training_state.json"),
         ("train.checkpoint_every=0", "train.checkpoint_every must be at least 1, got 0"),
+        (
+            "train.learning_rate=-1e-3",
+            "train.learning_rate must be finite and positive, got -0.001",
+        ),
+        ("train.learning_rate=.nan", "train.learning_rate must be finite and positive, got nan"),
+        (
+            "train.renderer_learning_rate=0",
+            "train.renderer_learning_rate must be finite and positive",
+        ),
+        ("train.adam_beta2=1.0", "train.adam_beta2 must be finite and in [0, 1), got 1.0"),
+        ("train.adam_epsilon=0", "train.adam_epsilon must be finite and positive, got 0.0"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm must be finite and non-negative (0 turns"),
+        ("train.adam_weight_decay=.inf", "train.adam_weight_decay must be finite and non-negative"),
     ],
 )
 def test_bad_input_exits_2_before_any_compute(

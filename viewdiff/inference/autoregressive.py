@@ -22,6 +22,7 @@ decoded once, when their window is done.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,16 @@ def check_sample_config(sample: SampleConfig) -> None:
             raise ValueError(f"sample.{key} must be at least 1, got {getattr(sample, key)}")
     if sample.max_conditions < 0:
         raise ValueError(f"sample.max_conditions must be >= 0, got {sample.max_conditions}")
+    for key in ("guidance_scale", "image_guidance_scale"):
+        value = getattr(sample, key)
+        if not (math.isfinite(value) and value >= 0):  # NaN would render black views
+            raise ValueError(f"sample.{key} must be finite and >= 0, got {value}")
+    for key in ("radius", "fov_deg"):
+        value = getattr(sample, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"sample.{key} must be finite and positive, got {value}")
+    if not math.isfinite(sample.elevation_deg):
+        raise ValueError(f"sample.elevation_deg must be finite, got {sample.elevation_deg}")
 
 
 @dataclass

@@ -7,6 +7,7 @@ the config, the shards, the base pipeline folder and the checkpoint to resume fr
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def check_train_values(config: Config) -> None:
     for key in ("prompt_dropout", "image_condition_prob"):
         if not 0.0 <= getattr(train, key) <= 1.0:
             raise InputError(f"train.{key} must be in [0, 1], got {getattr(train, key)}")
+    check_optimiser_values(config)
     if not 0.0 <= train.ema_decay < 1.0:
         raise InputError(f"train.ema_decay must be in [0, 1), got {train.ema_decay}")
     if data.image_size % 8:
@@ -57,6 +59,36 @@ def check_train_values(config: Config) -> None:
         raise InputError("train.validation_inference_steps must be at least 1")
     if train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InputError("train.mixed_precision=fp16 needs a CUDA device; use bf16 or no on a CPU")
+
+
+def check_optimiser_values(config: Config) -> None:
+    """Refuse optimiser numbers that are NaN, inf or out of range (a negative learning rate
+    trains backwards to the end), naming the key."""
+    train = config.train
+    ranges = {
+        "learning_rate": "positive",
+        "renderer_learning_rate": "positive",
+        "adam_epsilon": "positive",
+        "adam_weight_decay": "non-negative",
+        "renderer_weight_decay": "non-negative",
+        "max_grad_norm": "non-negative",
+        "adam_beta1": "in [0, 1)",
+        "adam_beta2": "in [0, 1)",
+        "validation_guidance_scale": "non-negative",
+    }
+    for key, wanted in ranges.items():
+        value = getattr(train, key)
+        ok = (
+            math.isfinite(value)
+            and {
+                "positive": value > 0,
+                "non-negative": value >= 0,
+                "in [0, 1)": 0 <= value < 1,
+            }[wanted]
+        )
+        if not ok:
+            note = " (0 turns clipping off)" if key == "max_grad_norm" else ""
+            raise InputError(f"train.{key} must be finite and {wanted}{note}, got {value}")
 
 
 def check_shards(config: Config) -> None:
