@@ -24,12 +24,14 @@ What a launcher (slurm/) can rely on:
 - Exit status. 0: finished (the export written); 1: a NaN/inf loss under
   ``train.nan_policy=stop`` (message on stderr, the last checkpoint is the last good one);
   2: a config or input error (unknown key, missing shards, a base model folder without a
-  unet/, a resume path that does not exist, ...), reported before any compute;
+  unet/, a resume path that does not exist, a folder another run holds, ...), reported before
+  any compute;
   3 (``PREEMPTED_EXIT_CODE``): preempted, checkpoint saved, requeue me.
 - Output. ``<output_dir>/config.json`` (resolved config), ``logs/`` (tensorboard),
   ``checkpoints/checkpoint-<step>/`` (training state, atomic, the newest
   ``train.checkpoints_keep`` kept), ``model/`` (the inference export, every
-  ``train.export_every`` steps and at the end), ``validation/step-<k>.png``. The main rank
+  ``train.export_every`` steps and at the end), ``validation/step-<k>.png``, and ``run.lock``
+  while the run lives (a second run on the folder exits 2 naming it). The main rank
   prints one summary line per ``train.log_every`` steps on stdout, e.g.
   ``step 10/30 | loss 0.1234 | grad 0.52 | lr 1.00e-04 | 41.2 views/s | data 12% |
   skipped 0 samples | 2 ranks``, and a progress bar on stderr.
@@ -83,6 +85,7 @@ from viewdiff.training.modes import (
 )
 from viewdiff.training.optim import build_optimizer, learning_rates, parameter_groups
 from viewdiff.training.preflight import InputError, check_inputs
+from viewdiff.training.run_lock import RunLock, is_main_rank
 from viewdiff.training.signals import PREEMPTED_EXIT_CODE, StopRequest
 from viewdiff.training.step import NonFiniteLossError, TrainingParts, train_step
 from viewdiff.training.tracking import (
@@ -326,7 +329,7 @@ def train(config: Config, checkpoint: Path | None) -> int:
     """Set up the run and train it; returns the exit status."""
     # Stop signals are recorded from the start: one that arrives while the model loads stops the
     # run at its first step boundary, with a checkpoint, instead of killing it unsaved.
-    with StopRequest() as stop:
+    with StopRequest() as stop, RunLock(config.train.output_dir, enabled=is_main_rank()):
         run = set_up(config, checkpoint)
         try:
             return run_loop(run, stop)

@@ -2,6 +2,7 @@
 training modes, NaN policies, bad input, and a loss that falls on one object."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -287,3 +288,18 @@ def test_skipped_samples_are_counted_in_checkpoints_and_logs(
     assert expected[3] > expected[1] > 0
     assert "step 4/4 | loss" in capsys.readouterr().out
     assert event_scalars(out).Scalars("skipped_samples")[-1].value == expected[3]
+
+
+def test_a_second_run_on_a_held_folder_exits_2_and_touches_nothing(run_args, tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-5.tmp").mkdir(parents=True)  # the first run's save
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "started": 0.0}
+    (out / "run.lock").write_text(json.dumps(holder))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_args(out))
+    assert exit_info.value.code == 2
+    assert f"is in use by another run (pid {os.getppid()}" in capsys.readouterr().err
+    assert (out / "checkpoints" / "checkpoint-5.tmp").is_dir()  # not cleaned up as incomplete
+    assert json.loads((out / "run.lock").read_text())["pid"] == os.getppid()
