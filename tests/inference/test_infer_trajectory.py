@@ -41,8 +41,7 @@ def test_cameras_files_of_the_wrong_shape_or_frame_are_refused(tmp_path):
     with pytest.raises(ValueError, match="multiples of 8"):
         read_trajectory(path)
     flipped = orbit(3, 30, 4)
-    flipped[1, :3] = -flipped[1, :3]  # rotated half a turn: looks away from the object
-    flipped[1, :2] = -flipped[1, :2]
+    flipped[1, [0, 2]] = -flipped[1, [0, 2]]  # half a turn about its y axis: looks away
     write_cameras(path, intrinsics_from_fov(48.0, 64, 64).expand(3, 3, 3), flipped, (64, 64))
     with pytest.raises(ValueError, match="view 1 does not look at the object box"):
         read_trajectory(path)
