@@ -180,6 +180,10 @@ class TrainConfig:
     resume: str | None = "latest"
     """Resume from 'latest', from a checkpoint folder, or start fresh with null."""
 
+    allow_world_size_change: bool = False
+    """Resume a checkpoint written by another number of ranks (the data order then differs
+    from an uninterrupted run); without it such a resume is an error."""
+
     log_every: int = 50
     """Steps between logged scalars and summary lines."""
 

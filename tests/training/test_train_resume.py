@@ -40,3 +40,23 @@ def test_resume_reference_is_not_trivial(uninterrupted):
     key = "unet.conv_in.weight"
     assert (final[key] - first[key]).abs().max() > 1e-4
     assert (final[key] - ema[f"shadow.{key}"]).abs().max() > 1e-6
+
+
+def test_a_resume_with_another_world_size_needs_consent(uninterrupted, monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    from viewdiff.config import read_config_json
+    from viewdiff.training.preflight import InputError, check_resume_config
+
+    _, checkpoint = complete_checkpoints(uninterrupted)[-1]
+    config = read_config_json(checkpoint / "config.json")
+    check_resume_config(checkpoint, config)  # 1 rank, as it was written
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match=r"written by 1 rank\(s\), this run has 2"):
+        check_resume_config(checkpoint, config)
+    allowed = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, allow_world_size_change=True)
+    )
+    check_resume_config(checkpoint, allowed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,12 @@ import torch
 
 from viewdiff.config import Config, ConfigError, ModelConfig, read_config_json
 from viewdiff.data.stream import shard_urls
-from viewdiff.training.checkpoints import checkpoints_dir, complete_checkpoints, resolve_resume
+from viewdiff.training.checkpoints import (
+    checkpoints_dir,
+    complete_checkpoints,
+    read_training_state,
+    resolve_resume,
+)
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # How the model runs, not what it is: may differ between a checkpoint and the run resuming it.
@@ -145,6 +151,16 @@ def check_resume_config(checkpoint: Path, config: Config) -> None:
         for f in dataclasses.fields(ModelConfig)
         if f.name not in runtime and getattr(saved.model, f.name) != getattr(config.model, f.name)
     ]
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        saved_world = read_training_state(checkpoint).world_size
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"{checkpoint}: cannot read its training state: {error}") from None
+    if saved_world != world_size and not config.train.allow_world_size_change:
+        raise InputError(
+            f"{checkpoint} was written by {saved_world} rank(s), this run has {world_size}: use "
+            "another train.output_dir, or train.allow_world_size_change=true to resume it anyway"
+        )
     if saved.train.mode != config.train.mode:
         differs.append(f"train.mode: checkpoint {saved.train.mode!r}, now {config.train.mode!r}")
     if differs:
