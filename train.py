@@ -22,7 +22,8 @@ What a launcher (slurm/) can rely on:
   its own (exit 1); launch one train.py per rank (e.g. srun with RANK=$SLURM_PROCID, ...) to
   see the 3 itself.
 - Exit status. 0: finished (the export written); 1: a NaN/inf loss under
-  ``train.nan_policy=stop`` (message on stderr, the last checkpoint is the last good one);
+  ``train.nan_policy=stop`` (message on stderr, the last checkpoint is the last good one), or a
+  disk too full for the next checkpoint ("disk full: N MB free, ...", the last complete one named);
   2: a config or input error (unknown key, missing shards, a base model folder without a
   unet/, a resume path that does not exist, a folder another run holds, ...), reported before
   any compute;
@@ -65,6 +66,7 @@ from viewdiff.model import MultiViewUNet
 from viewdiff.training.base_pipeline import BasePipeline, freeze_encoders, load_base_pipeline
 from viewdiff.training.camera_record import CameraRecord
 from viewdiff.training.checkpoints import (
+    DiskFullError,
     TrainingState,
     checkpoint_path,
     latest_checkpoint,
@@ -333,6 +335,9 @@ def train(config: Config, checkpoint: Path | None) -> int:
         run = set_up(config, checkpoint)
         try:
             return run_loop(run, stop)
+        except DiskFullError as error:
+            print(f"train.py: {error}", file=sys.stderr)
+            return 1
         except NonFiniteLossError as error:
             latest = latest_checkpoint(config.train.output_dir)
             print(f"train.py: {error}; last good checkpoint: {latest or 'none'}", file=sys.stderr)

@@ -21,6 +21,7 @@ checkpoint is complete when it is named ``checkpoint-<step>`` and holds training
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -210,6 +211,39 @@ def register_weight_hooks(accelerator: Accelerator, model: nn.Module) -> None:
 # Saving and loading.
 
 
+class DiskFullError(OSError):
+    """A checkpoint that does not fit on its disk; the last complete checkpoint is intact."""
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of every file under ``folder``."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def check_free_space(output_dir: str | Path) -> None:
+    """A DiskFullError unless the disk has room for one more checkpoint of the last one's size
+    (with 10% to spare); nothing to compare with before the first checkpoint."""
+    found = complete_checkpoints(output_dir)
+    if not found:
+        return
+    folder = checkpoints_dir(output_dir)
+    needed = folder_bytes(found[-1][1]) * 1.1
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskFullError(
+            f"disk full: {free / 2**20:.0f} MB free, a checkpoint needs ~{needed / 2**20:.0f} MB, "
+            f"in {folder}; the last complete checkpoint is {found[-1][1]}"
+        )
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a write failed for lack of space (ENOSPC, or torch's zip writer's
+    'unexpected pos' when the disk fills under it)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     config: Config,
@@ -217,15 +251,30 @@ def save_checkpoint(
     data_position: dict,
     ema_state: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint-<step>/ atomically (all ranks call this); returns its folder."""
+    """Write checkpoint-<step>/ atomically (all ranks call this); returns its folder.
+
+    A full disk (found before writing, or while writing) raises a DiskFullError naming the
+    space and the last complete checkpoint; the partial folder is removed."""
     final = checkpoint_path(config.train.output_dir, state.step)
     tmp = final.with_name(final.name + TMP_SUFFIX)
     if accelerator.is_main_process:
+        check_free_space(config.train.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    _write_json(tmp / f"data-rank{accelerator.process_index}.json", data_position)
+    try:
+        accelerator.save_state(str(tmp))
+        _write_json(tmp / f"data-rank{accelerator.process_index}.json", data_position)
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = latest_checkpoint(config.train.output_dir)
+        free = shutil.disk_usage(tmp.parent).free
+        raise DiskFullError(
+            f"disk full while writing {tmp} ({free / 2**20:.0f} MB free); the last complete "
+            f"checkpoint is {latest or 'none'}"
+        ) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if ema_state is not None:
