@@ -18,9 +18,10 @@ What a launcher (slurm/) can rely on:
   workers; see ``viewdiff.training.data_segments``).
 - Stop. On SIGTERM or SIGUSR1 every rank finishes its current step, the ranks agree (an
   all-reduce of the flag) to stop after the same step, save a checkpoint there, and exit 3.
-  A signal to any one rank is enough. torchrun reports its workers' status 3 as a failure of
-  its own (exit 1); launch one train.py per rank (e.g. srun with RANK=$SLURM_PROCID, ...) to
-  see the 3 itself.
+  A signal to any one rank is enough; one during the imports or the input checks exits 3 at
+  once (nothing to save yet), one while the model is built stops at the first step. torchrun
+  reports its workers' status 3 as a failure of its own (exit 1); launch one train.py per rank
+  (e.g. srun with RANK=$SLURM_PROCID, ...) to see the 3 itself.
 - Exit status. 0: finished (the export written); 1: a NaN/inf loss under
   ``train.nan_policy=stop`` (message on stderr, the last checkpoint is the last good one), or a
   disk too full for the next checkpoint ("disk full: N MB free, ...", the last complete one named);
@@ -47,6 +48,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Before torch: from here on a stop signal during imports or preflight exits 3 (importing installs).
+import viewdiff.training.early_signals  # noqa: F401
+
+# isort: split
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed

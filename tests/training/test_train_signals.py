@@ -3,6 +3,9 @@ run resumes from it (mid data segment) to the parameters of an uninterrupted run
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from accelerate import Accelerator
 
@@ -37,3 +40,32 @@ def test_sigterm_saves_a_checkpoint_exits_3_and_resumes_exactly(
     # Requeued: resume=latest continues from the stop (mid segment when step % 3 != 0).
     assert train.main(resume_args(out)) == 0
     assert_same_training(out, uninterrupted)
+
+
+def _python(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_a_stop_signal_before_the_loop_exits_3_not_by_signal(run_args, subprocess_env, tmp_path):
+    repo = Path(train.__file__).parent
+    # During the imports: as soon as train.py's first import has run.
+    early = (
+        "import os, signal, viewdiff.training.early_signals; os.kill(os.getpid(), signal.SIGTERM)"
+    )
+    assert (
+        _python(early + "; print('alive')", subprocess_env, repo).returncode == PREEMPTED_EXIT_CODE
+    )
+    # During the preflight (train.py's checks of the inputs): SIGUSR1.
+    args = run_args(tmp_path / "run")
+    during = (
+        "import os, signal, train\n"
+        "def checks(config):\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    raise AssertionError('the signal did not stop the run')\n"
+        "train.check_inputs = checks\n"
+        f"train.main({args!r})\n"
+    )
+    result = _python(during, subprocess_env, repo)
+    assert result.returncode == PREEMPTED_EXIT_CODE, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # nothing was started

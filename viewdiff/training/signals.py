@@ -15,10 +15,10 @@ from types import FrameType, TracebackType
 import torch
 from accelerate import Accelerator
 
-PREEMPTED_EXIT_CODE = 3
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
-)
+from viewdiff.training.early_signals import PREEMPTED_EXIT_CODE as PREEMPTED_EXIT_CODE
+from viewdiff.training.early_signals import STOP_SIGNAL_NAMES
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in STOP_SIGNAL_NAMES if hasattr(signal, name))
 
 
 class StopRequest:
