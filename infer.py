@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # input errors only
         parser.exit(2, f"infer.py {args.command}: error: {error}\n")
     return 0
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from viewdiff.data.co3d import FRAME_ANNOTATIONS, Co3dFormatError, list_categories
 from viewdiff.data.shards import ShardOptions, write_shards
 
 
@@ -43,9 +45,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def fail(message: str) -> None:
+    """Exit 2 with one line naming the problem."""
+    print(f"prepare_co3d.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Write the shards; print and return the manifest's summary."""
+    """Write the shards; print and return the manifest's summary (exit 2 on bad input)."""
     args = parse_args(argv)
+    try:
+        categories = list_categories(args.co3d_root)
+    except FileNotFoundError as error:
+        fail(str(error))
+    if not categories:
+        fail(f"--co3d-root {args.co3d_root}: no category folder with a {FRAME_ANNOTATIONS}")
+    missing = sorted(set(args.categories or []) - set(categories))
+    if missing:
+        fail(
+            f"--categories: {', '.join(missing)} not in {args.co3d_root} ({', '.join(categories)})"
+        )
     options = ShardOptions(
         image_size=args.size,
         max_frames=args.max_frames,
@@ -56,9 +75,18 @@ def main(argv: list[str] | None = None) -> dict:
         split=args.split,
         seed=args.seed,
     )
-    manifest = write_shards(
-        args.co3d_root, args.out, options, args.categories, args.subset, args.workers
-    )
+    try:
+        manifest = write_shards(
+            args.co3d_root, args.out, options, args.categories, args.subset, args.workers
+        )
+    except (Co3dFormatError, FileNotFoundError) as error:
+        fail(str(error))
+    if manifest["totals"]["samples"] == 0:
+        reasons = {reason: count for reason, count in manifest["skipped"].items() if count}
+        fail(
+            f"--co3d-root {args.co3d_root}: no sequence made a sample (skipped: {reasons}); "
+            f"the manifest in {args.out} lists 0 shards"
+        )
     summary = {key: manifest[key] for key in ("totals", "skipped", "categories")}
     summary["rewritten"] = len(manifest["rewritten"])
     print(json.dumps(summary))

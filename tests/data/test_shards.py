@@ -254,3 +254,21 @@ def test_command_line_rejects_bad_options(argv, tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare["main"](["--co3d-root", str(tmp_path), "--out", str(tmp_path), *argv])
     assert "error" in capsys.readouterr().err
+
+
+def test_command_line_refuses_a_root_without_sequences(co3d_root, tmp_path, capsys):
+    prepare = runpy.run_path(str(REPO / "data/prepare_co3d.py"))
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--co3d-root", str(tmp_path / "gone")], "CO3D root not found"),
+        (["--co3d-root", str(tmp_path / "empty")], "no category folder with a frame_annotations"),
+        (["--co3d-root", str(co3d_root), "--categories", "dragon"], "--categories: dragon not in"),
+        (["--co3d-root", str(co3d_root), "--min-frames", "50", "--max-frames", "60"],
+         "no sequence made a sample"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            prepare["main"]([*argv, "--out", str(tmp_path / "out"), "--size", "64"])
+        assert exit_info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(lines) == 1 and message in lines[0], lines

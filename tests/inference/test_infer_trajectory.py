@@ -132,3 +132,29 @@ def test_a_generation_writes_views_grid_video_cameras_and_its_settings(tmp_path)
     assert object_folder_name(3, "A red can!") == "003_a_red_can"
     (tmp_path / "prompts.txt").write_text("# objects\na red can\n\n a ball \n")
     assert read_prompts(tmp_path / "prompts.txt") == ["a red can", "a ball"]
+
+
+def test_infer_exits_2_on_its_input_errors_and_shows_a_bugs_traceback(monkeypatch, capsys):
+    import infer
+
+    failures = {
+        "missing": FileNotFoundError("cameras file not found: nope.json"),
+        "not a folder": NotADirectoryError("--out x: not a folder"),
+        "bug": RuntimeError("a bug"),
+    }
+    parse_args = infer.argparse.ArgumentParser.parse_args
+    for name, failure in failures.items():
+
+        def parse(self, *args, failure=failure, **kwargs):
+            namespace = parse_args(self, *args, **kwargs)
+            namespace.run = lambda _: (_ for _ in ()).throw(failure)  # the command fails so
+            return namespace
+
+        monkeypatch.setattr(infer.argparse.ArgumentParser, "parse_args", parse)
+        if name == "bug":  # not an input error: its traceback shows
+            with pytest.raises(RuntimeError, match="a bug"):
+                infer.main(["cameras", "--out", "x"])
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            infer.main(["cameras", "--out", "x"])
+        assert exit_info.value.code == 2 and str(failure) in capsys.readouterr().err

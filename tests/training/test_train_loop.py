@@ -3,6 +3,7 @@ training modes, NaN policies, bad input, and a loss that falls on one object."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,6 +194,11 @@ def no_compute(monkeypatch):
         ("train.adam_epsilon=0", "train.adam_epsilon must be finite and positive, got 0.0"),
         ("train.max_grad_norm=-1", "train.max_grad_norm must be finite and non-negative (0 turns"),
         ("train.adam_weight_decay=.inf", "train.adam_weight_decay must be finite and non-negative"),
+        (
+            "train.output_dir={tmp}/a-file",
+            "train.output_dir='{tmp}/a-file' is a file, not a folder",
+        ),
+        ("train.output_dir={tmp}/a-file/run", "{tmp}/a-file is a file, not a folder"),
     ],
 )
 def test_bad_input_exits_2_before_any_compute(
@@ -201,6 +207,7 @@ def test_bad_input_exits_2_before_any_compute(
     no_unet = tmp_path / "no-unet"
     for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
         (no_unet / part).mkdir(parents=True)
+    (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         train.main(run_args(out, override.format(tmp=tmp_path)))
@@ -303,3 +310,15 @@ def test_a_second_run_on_a_held_folder_exits_2_and_touches_nothing(run_args, tmp
     assert f"is in use by another run (pid {os.getppid()}" in capsys.readouterr().err
     assert (out / "checkpoints" / "checkpoint-5.tmp").is_dir()  # not cleaned up as incomplete
     assert json.loads((out / "run.lock").read_text())["pid"] == os.getppid()
+
+
+def test_a_manifest_whose_shards_are_gone_exits_2(run_args, train_shards, tmp_path, capsys):
+    import shutil
+
+    shards = Path(shutil.copytree(train_shards, tmp_path / "shards"))
+    gone = sorted(shards.glob("*.tar"))[0]
+    gone.unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_args(tmp_path / "run", shards=shards))
+    assert exit_info.value.code == 2
+    assert f"its manifest lists {gone.name}, which is not there" in capsys.readouterr().err

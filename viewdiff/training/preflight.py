@@ -104,10 +104,14 @@ def check_shards(config: Config) -> None:
         urls = shard_urls(data.shards, data.image_size, data.categories)
     except (OSError, ValueError) as error:
         raise InputError(f"data.shards={data.shards!r}: {error}") from None
-    if Path(data.shards).is_dir():
-        return
-    # Local files named by a path or brace pattern must exist; URLs are the loader's business.
+    # Local files (of a manifest, a path or a brace pattern) must exist; URLs are the loader's.
     missing = [url for url in urls if not _URL_SCHEME.match(url) and not Path(url).is_file()]
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    if missing and Path(data.shards).is_dir():
+        raise InputError(
+            f"data.shards={data.shards!r}: its manifest lists {Path(missing[0]).name}, which is "
+            f"not there{more}"
+        )
     if missing:
         raise InputError(
             f"data.shards={data.shards!r}: no such shard folder or file: {missing[0]}"
@@ -167,8 +171,24 @@ def check_resume_config(checkpoint: Path, config: Config) -> None:
         raise InputError(f"{saved_path}: cannot resume with another model: {'; '.join(differs)}")
 
 
+def check_output_dir(output_dir: str | Path) -> None:
+    """``train.output_dir`` is a folder or can be made one, and can be written (creates
+    nothing: a run refused for another input leaves no folder behind)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"train.output_dir={str(path)!r} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"train.output_dir={str(path)!r}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"train.output_dir={str(path)!r}: {existing} is not writable")
+
+
 def check_inputs(config: Config) -> Path | None:
     """Check a run's inputs; returns the checkpoint to resume from (None: start fresh)."""
+    check_output_dir(config.train.output_dir)
     check_train_values(config)
     check_shards(config)
     check_base_model(config.model)
