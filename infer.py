@@ -24,6 +24,7 @@ import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.cli_args import positive_int
 from viewdiff.config import SampleConfig
 from viewdiff.editing.cli import add_edit_command, add_invert_command
 from viewdiff.editing.scene_cli import add_edit_scene_command
@@ -53,11 +54,13 @@ def add_cameras_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("cameras", help="write/check a camera trajectory and draw it")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--cameras", type=Path, help="check this cameras.json instead of an orbit")
-    parser.add_argument("--views", type=int, default=8, help="views on the orbit")
+    parser.add_argument("--views", type=positive_int, default=8, help="views on the orbit")
     parser.add_argument("--elevation", type=float, default=30.0, help="degrees above the object")
     parser.add_argument("--radius", type=float, default=4.0, help="distance to the box centre")
     parser.add_argument("--fov", type=float, default=48.0, help="horizontal field of view, degrees")
-    parser.add_argument("--image-size", type=int, default=256, help="square image side, pixels")
+    parser.add_argument(
+        "--image-size", type=positive_int, default=256, help="square image side, pixels"
+    )
     parser.set_defaults(run=run_cameras)
 
 
@@ -82,10 +85,10 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("render", help="render a 3DGS PLY scene around an orbit")
     parser.add_argument("--scene", type=Path, required=True, help="3D Gaussian splatting PLY")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--views", type=int, default=60, help="frames on the orbit")
+    parser.add_argument("--views", type=positive_int, default=60, help="frames on the orbit")
     parser.add_argument("--elevation", type=float, default=30.0, help="degrees above the object")
     parser.add_argument("--radius", type=float, default=4.0, help="distance to the box centre")
-    parser.add_argument("--size", type=int, default=256, help="square image side, pixels")
+    parser.add_argument("--size", type=positive_int, default=256, help="square image side, pixels")
     parser.add_argument("--fov", type=float, default=48.0, help="horizontal field of view, degrees")
     parser.add_argument("--backend", choices=("auto", "torch", "gsplat"), default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
@@ -134,10 +137,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     sampler = parser.add_argument_group("sampler (defaults: the export's sample.* config)")
     sampler.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (unipc)")
-    sampler.add_argument("--steps", type=int, help="denoising steps (10)")
+    sampler.add_argument("--steps", type=positive_int, help="denoising steps (10)")
     sampler.add_argument("--guidance", type=float, help="guidance with no view given (7.5)")
     sampler.add_argument("--image-guidance", type=float, help="guidance with views given (1)")
-    sampler.add_argument("--window", type=int, help="new views per joint batch (10)")
+    sampler.add_argument("--window", type=positive_int, help="new views per joint batch (10)")
     sampler.add_argument("--max-conditions", type=int, help="views given clean per batch (20)")
     sampler.add_argument("--intensity-stats", choices=("zero", "known"), help="(zero)")
     sampler.add_argument("--seed", type=int, help="seed of the noise (0); prompt i: seed + i")
@@ -152,12 +155,14 @@ def add_trajectory_arguments(parser: argparse.ArgumentParser, cameras_flag: str)
         "trajectory (an orbit around the object box, or a file; defaults: the export's sample.*)"
     )
     group.add_argument(cameras_flag, type=Path, help="cameras.json of the views to generate")
-    group.add_argument("--views", type=int, default=8, help="views on the orbit")
+    group.add_argument("--views", type=positive_int, default=8, help="views on the orbit")
     group.add_argument("--elevation", type=float, help="degrees above the object (elevation_deg)")
     group.add_argument("--radius", type=float, help="distance to the box centre (radius)")
     group.add_argument("--fov", type=float, help="horizontal field of view, degrees (fov_deg)")
     group.add_argument("--start-azimuth", type=float, default=0.0, help="first view, degrees")
-    group.add_argument("--image-size", type=int, help="square side (the export's data.image_size)")
+    group.add_argument(
+        "--image-size", type=positive_int, help="square side (the export's data.image_size)"
+    )
 
 
 def sample_settings(args: argparse.Namespace, export: ExportInfo) -> SampleConfig:
@@ -224,7 +229,9 @@ def add_sample_command(commands: argparse._SubParsersAction) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="one text prompt")
     prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line")
-    parser.add_argument("--batch-size", type=int, default=1, help="prompts generated together")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="prompts generated together"
+    )
     add_trajectory_arguments(parser, "--cameras")
     add_generation_arguments(parser)
     parser.set_defaults(run=run_sample)
@@ -309,8 +316,10 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("eval", help="PSNR/SSIM of novel views on held-out shards")
     parser.add_argument("--shards", required=True, help="held-out shard folder or URL pattern")
     parser.add_argument("--known", type=int, default=1, help="true views given per object")
-    parser.add_argument("--views", type=int, help="views per object (the export's data.n_views)")
-    parser.add_argument("--max-objects", type=int, help="stop after this many objects")
+    parser.add_argument(
+        "--views", type=positive_int, help="views per object (the export's data.n_views)"
+    )
+    parser.add_argument("--max-objects", type=positive_int, help="stop after this many objects")
     parser.add_argument("--categories", nargs="+", help="default: the export's data.categories")
     parser.add_argument(
         "--view-sampling", choices=("random", "spread"), default="random", help="which N views"
@@ -326,7 +335,7 @@ def run_eval(args: argparse.Namespace) -> None:
     data = dataclasses.replace(
         export.config.data,
         shards=str(args.shards),
-        n_views=args.views or export.config.data.n_views,
+        n_views=args.views if args.views is not None else export.config.data.n_views,
         categories=tuple(args.categories or export.config.data.categories),
         view_sampling=args.view_sampling,
         num_workers=0,

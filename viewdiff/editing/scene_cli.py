@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from viewdiff.cli_args import positive_int
 from viewdiff.editing.attention_control import word_positions
 from viewdiff.editing.clip_similarity import ClipDirection
 from viewdiff.editing.denoisers import check_editing_model, load_editing_model
@@ -48,7 +49,9 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="inference export")
     parser.add_argument("--scene", type=Path, required=True, help="3DGS PLY to edit")
     parser.add_argument("--cameras", type=Path, help="cameras.json of the edit views (ordered)")
-    parser.add_argument("--views", type=int, default=16, help="orbit views without --cameras")
+    parser.add_argument(
+        "--views", type=positive_int, default=16, help="orbit views without --cameras"
+    )
     parser.add_argument("--source-prompt", required=True, help="what the scene shows")
     parser.add_argument("--prompt", required=True, help="what it should show")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -65,10 +68,10 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
         help="edit the Gaussians that the prior's cross-attention to the changed words votes for",
     )
     parser.add_argument("--words", nargs="+", help="words whose attention traces the region")
-    parser.add_argument("--steps", type=int, help="DDIM grid (20)")
+    parser.add_argument("--steps", type=positive_int, help="DDIM grid (20)")
     parser.add_argument("--start", type=int, help="first grid step run (10)")
     parser.add_argument("--guidance", type=float, help="CFG of both branches (7.5)")
-    parser.add_argument("--keyframe-every", type=int, help="a keyframe every K views (4)")
+    parser.add_argument("--keyframe-every", type=positive_int, help="a keyframe every K views (4)")
     parser.add_argument("--sampler", choices=("ddcm", "ddpm"), help="virtual inversion (ddcm)")
     parser.add_argument(
         "--held-out",

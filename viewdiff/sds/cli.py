@@ -21,6 +21,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from viewdiff.cli_args import positive_int
 from viewdiff.config import SampleConfig, load_config
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.inputs import load_given_views, load_single_view, read_image
@@ -60,16 +61,16 @@ def add_sds_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", required=True, help="text of the object")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--config", type=Path, help="SDS preset (configs/sds_*.yaml)")
-    parser.add_argument("--steps", type=int, help="optimisation steps (sds.steps)")
-    parser.add_argument("--views", type=int, help="views per camera group (sds.views)")
-    parser.add_argument("--size", type=int, help="render side, pixels (sds.image_size)")
+    parser.add_argument("--steps", type=positive_int, help="optimisation steps (sds.steps)")
+    parser.add_argument("--views", type=positive_int, help="views per camera group (sds.views)")
+    parser.add_argument("--size", type=positive_int, help="render side, pixels (sds.image_size)")
     parser.add_argument("--guidance", type=float, help="CFG w (threestudio's s + 1; 100)")
     parser.add_argument("--weighting", choices=("sds", "uniform", "fantasia3d"))
     parser.add_argument("--mode", choices=("sds", "recon"), help="SDS or MVDream's x0 loss")
     parser.add_argument("--schedule", choices=("random", "dreamtime"), help="t per step")
     parser.add_argument("--seed", type=int, help="seed of scene, cameras, t and noise")
     parser.add_argument("--lr", type=float, help="multiply every scene learning rate by this")
-    parser.add_argument("--gaussians", type=int, help="Gaussians of the initial scene")
+    parser.add_argument("--gaussians", type=positive_int, help="Gaussians of the initial scene")
     init = parser.add_mutually_exclusive_group()
     init.add_argument("--init", type=Path, help="start from this 3DGS PLY scene")
     init.add_argument(

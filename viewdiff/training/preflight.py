@@ -155,6 +155,10 @@ def check_resume_config(checkpoint: Path, config: Config) -> None:
         for f in dataclasses.fields(ModelConfig)
         if f.name not in runtime and getattr(saved.model, f.name) != getattr(config.model, f.name)
     ]
+    if saved.train.mode != config.train.mode:
+        differs.append(f"train.mode: checkpoint {saved.train.mode!r}, now {config.train.mode!r}")
+    if differs:
+        raise InputError(f"{saved_path}: cannot resume with another model: {'; '.join(differs)}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         saved_world = read_training_state(checkpoint).world_size
@@ -165,10 +169,6 @@ def check_resume_config(checkpoint: Path, config: Config) -> None:
             f"{checkpoint} was written by {saved_world} rank(s), this run has {world_size}: use "
             "another train.output_dir, or train.allow_world_size_change=true to resume it anyway"
         )
-    if saved.train.mode != config.train.mode:
-        differs.append(f"train.mode: checkpoint {saved.train.mode!r}, now {config.train.mode!r}")
-    if differs:
-        raise InputError(f"{saved_path}: cannot resume with another model: {'; '.join(differs)}")
 
 
 def check_output_dir(output_dir: str | Path) -> None:
