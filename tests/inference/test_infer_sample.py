@@ -128,7 +128,7 @@ def test_bad_checkpoints_schedulers_and_cameras_fail_before_any_compute(
     error = run_failing([*base, "--checkpoint", str(tiny_export), "--cameras", str(bad)], capsys)
     assert "bad.json: view 0: 'w2c' must be 4x4, got shape [3, 4]" in error
     error = run_failing([*base, "--checkpoint", str(tiny_export), "--steps", "0"], capsys)
-    assert "sample.num_inference_steps must be at least 1, got 0" in error
+    assert "argument --steps: must be at least 1, got 0" in error
     assert not (tmp_path / "o").exists()
 
 

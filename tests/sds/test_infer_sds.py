@@ -62,7 +62,7 @@ def test_image_to_3d_and_an_init_scene(tiny_export, tmp_path):
         ({"--camera": "{tmp}/cameras.json"}, "give --image too"),
         ({"--resume": "{tmp}"}, "is not an SDS checkpoint"),
         ({"--out": "{tmp}/file.txt"}, "is a file"),
-        ({"--steps": "0"}, "sds.steps must be positive"),
+        ({"--steps": "0"}, "argument --steps: must be at least 1, got 0"),
         ({"--size": "30"}, "multiple of 8"),
         ({"--views": "1"}, ">= 2"),
         ({"extra": "model.voxel_grid_size=4"}, "sds.* overrides only"),
