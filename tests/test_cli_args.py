@@ -21,8 +21,21 @@ def test_positive_int():
         ["eval", "--checkpoint", "x", "--shards", "s", "--out", "o", "--views", "0"],
         ["render", "--scene", "s.ply", "--out", "o", "--size", "0"],
         ["sds", "--checkpoint", "x", "--prompt", "a", "--out", "o", "--steps", "0"],
-        ["edit-scene", "--checkpoint", "x", "--scene", "s", "--source-prompt", "a", "--prompt",
-         "b", "--out", "o", "--views", "-1"],
+        [
+            "edit-scene",
+            "--checkpoint",
+            "x",
+            "--scene",
+            "s",
+            "--source-prompt",
+            "a",
+            "--prompt",
+            "b",
+            "--out",
+            "o",
+            "--views",
+            "-1",
+        ],
     ],  # fmt: skip
 )
 def test_a_zero_count_exits_2_naming_the_flag(argv, capsys):
