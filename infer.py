@@ -32,8 +32,20 @@ from viewdiff.inference.autoregressive import check_sample_config, generate_view
 from viewdiff.inference.evaluate import format_table, write_results
 from viewdiff.inference.heldout import check_heldout_shards, evaluate_heldout
 from viewdiff.inference.inputs import load_given_views, load_single_view
-from viewdiff.inference.load import ExportInfo, MultiViewPrior, load_export, read_export
-from viewdiff.inference.outputs import object_folder_name, read_prompts, save_generation
+from viewdiff.inference.load import (
+    ExportInfo,
+    MultiViewPrior,
+    chosen_device,
+    load_export,
+    read_export,
+)
+from viewdiff.inference.outputs import (
+    check_output_folder,
+    object_folder_name,
+    output_folder,
+    read_prompts,
+    save_generation,
+)
 from viewdiff.inference.trajectory import (
     Trajectory,
     default_input_camera,
@@ -72,7 +84,7 @@ def run_cameras(args: argparse.Namespace) -> None:
         size_hw = (args.image_size, args.image_size)
         w2c = orbit(args.views, args.elevation, args.radius)
         K = intrinsics_from_fov(args.fov, *size_hw).expand(args.views, 3, 3)
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
     write_cameras(args.out / "cameras.json", K, w2c, size_hw)
     image_grid(draw_box_views(K, w2c, size_hw)).save(args.out / "cameras.png")
     print(
@@ -106,9 +118,10 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
 
 def run_render(args: argparse.Namespace) -> None:
     """Write frames/*.png, turntable.gif, turntable.mp4 and cameras.json into ``args.out``."""
+    check_output_folder(args.out)  # first: --out that is a file fails before any compute
     if not args.scene.is_file():
         raise ValueError(f"scene file not found: {args.scene}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = chosen_device(args.device)
     scene = read_gaussian_ply(args.scene, device=device)
     turntable = render_turntable(
         scene,
@@ -206,8 +219,7 @@ def trajectory_of(
 
 def load_prior(args: argparse.Namespace) -> MultiViewPrior:
     """The export on the chosen device, in the chosen dtype."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_export(args.checkpoint, device, DTYPES[args.dtype])
+    return load_export(args.checkpoint, chosen_device(args.device), DTYPES[args.dtype])
 
 
 def generation_info(
@@ -239,6 +251,7 @@ def add_sample_command(commands: argparse._SubParsersAction) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     """Generate every prompt's views; one folder per prompt (``--out`` itself for --prompt)."""
+    check_output_folder(args.out)  # first: --out that is a file fails before any compute
     export = read_export(args.checkpoint)  # everything is checked before any model is built
     settings = sample_settings(args, export)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
@@ -295,6 +308,7 @@ def given_views(
 
 def run_condition(args: argparse.Namespace) -> None:
     """Generate the trajectory's views with the input images given clean."""
+    check_output_folder(args.out)  # first: --out that is a file fails before any compute
     export = read_export(args.checkpoint)
     settings = sample_settings(args, export)
     trajectory = trajectory_of(args, args.trajectory, export, settings)
@@ -330,6 +344,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     """Evaluate, write eval.json and compare/*.png, print the table."""
+    check_output_folder(args.out)  # first: --out that is a file fails before any compute
     export = read_export(args.checkpoint)
     settings = sample_settings(args, export)
     data = dataclasses.replace(

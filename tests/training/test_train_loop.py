@@ -196,7 +196,7 @@ def no_compute(monkeypatch):
         ("train.adam_weight_decay=.inf", "train.adam_weight_decay must be finite and non-negative"),
         (
             "train.output_dir={tmp}/a-file",
-            "train.output_dir='{tmp}/a-file' is a file, not a folder",
+            "train.output_dir {tmp}/a-file is a file, not a folder",
         ),
         ("train.output_dir={tmp}/a-file/run", "{tmp}/a-file is a file, not a folder"),
     ],

@@ -14,6 +14,7 @@ In the output folder of one object:
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,21 @@ INPUTS_DIR = "inputs"
 def to_frames(images: Tensor) -> np.ndarray:
     """Images (V, 3, H, W) in [-1, 1] as uint8 frames (V, H, W, 3)."""
     return np.stack([np.asarray(to_pil(image)) for image in images])
+
+
+def check_output_folder(path: Path, name: str = "--out") -> None:
+    """A ValueError naming ``name`` unless ``path`` is a folder or can be made one there
+    (creates nothing: a command refused for another input leaves no folder behind)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path}: {existing} is not writable")
 
 
 def output_folder(path: Path) -> Path:

@@ -16,6 +16,7 @@ import torch
 
 from viewdiff.config import Config, ConfigError, ModelConfig, read_config_json
 from viewdiff.data.stream import shard_urls
+from viewdiff.inference.outputs import check_output_folder
 from viewdiff.training.checkpoints import (
     checkpoints_dir,
     complete_checkpoints,
@@ -174,16 +175,10 @@ def check_resume_config(checkpoint: Path, config: Config) -> None:
 def check_output_dir(output_dir: str | Path) -> None:
     """``train.output_dir`` is a folder or can be made one, and can be written (creates
     nothing: a run refused for another input leaves no folder behind)."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"train.output_dir={str(path)!r} is a file, not a folder")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"train.output_dir={str(path)!r}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"train.output_dir={str(path)!r}: {existing} is not writable")
+    try:
+        check_output_folder(Path(output_dir), "train.output_dir")
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def check_inputs(config: Config) -> Path | None:
