@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from viewdiff.editing.denoisers import denoiser, load_editing_model  # noqa: E402
 from viewdiff.editing.inversion import generate, invert  # noqa: E402
-from viewdiff.editing.metrics import masked_psnr  # noqa: E402
+from viewdiff.inference.evaluate import view_psnr  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
 from viewdiff.sampling import decode_latents, encode_images  # noqa: E402
 from viewdiff.scene.fit import FitConfig  # noqa: E402
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             unit = (edited.cpu() + 1) / 2
             colours = classify_colour(unit)
             away = ~dilate(masks, MARGIN)
-            background = [masked_psnr(unit[v], original[v], away[v]) for v in range(VIEWS)]
-            edge = [masked_psnr(unit[v], original[v], ~masks[v]) for v in range(VIEWS)]
+            background = view_psnr(unit, original, away[:, None].float()).tolist()
+            edge = view_psnr(unit, original, (~masks)[:, None].float()).tolist()
             result[name] = {
                 "colour_right": sum(c == args.target for c in colours) / VIEWS,
                 "colours": colours,

@@ -17,21 +17,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from viewdiff.inference.evaluate import view_psnr, view_ssim
 from viewdiff.inference.trajectory import Trajectory
-from viewdiff.scene.losses import psnr, ssim
 from viewdiff.scene.render import render
 
 if TYPE_CHECKING:
     from viewdiff.editing.clip_similarity import ClipDirection
     from viewdiff.editing.trame import TrameEditor
-
-
-def masked_psnr(image: Tensor, target: Tensor, keep: Tensor) -> float:
-    """PSNR (dB) of images (3, H, W) in [0, 1] over the pixels where ``keep`` (H, W) is true."""
-    if not bool(keep.any()):
-        return float("nan")
-    mse = ((image - target) ** 2).mean(0)[keep].mean().clamp_min(1e-10)
-    return float(-10 * torch.log10(mse))
 
 
 def render_orbit(scene, orbit: Trajectory, background: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,22 +46,18 @@ def edit_metrics(
     edited = editor.scene()
     at_views = editor.render_all(edited)
     pseudo = editor.pseudo
-    trained = editor.trained_views
-    consistency = [psnr(at_views[v], pseudo[v]) for v in trained]
-    similarity = [float(ssim(at_views[v], pseudo[v])) for v in trained]
-    held_out = [psnr(at_views[v], pseudo[v]) for v in editor.config.held_out]
+    trained, held_out = editor.trained_views, list(editor.config.held_out)
     before, alpha = render_orbit(editor.original, orbit, editor.background)
     after, _ = render_orbit(edited, orbit, editor.background)
-    outside = alpha < 0.5
-    preserved = [masked_psnr(after[v], before[v], outside[v]) for v in range(len(orbit))]
+    outside = (alpha < 0.5)[:, None].to(after)  # (V, 1, H, W)
     metrics = {
-        "consistency_psnr": sum(consistency) / len(consistency),
-        "consistency_ssim": sum(similarity) / len(similarity),
-        "outside_psnr": sum(preserved) / len(preserved),
+        "consistency_psnr": float(view_psnr(at_views[trained], pseudo[trained]).mean()),
+        "consistency_ssim": float(view_ssim(at_views[trained], pseudo[trained]).mean()),
+        "outside_psnr": float(view_psnr(after, before, outside).nanmean()),
         "orbit_renders": after,
     }
     if held_out:
-        metrics["held_out_psnr"] = sum(held_out) / len(held_out)
+        metrics["held_out_psnr"] = float(view_psnr(at_views[held_out], pseudo[held_out]).mean())
     if clip is not None:
         direction = clip.directional_similarity(before, after, editor.source_prompt, editor.prompt)
         metrics["clip_directional_similarity"] = direction
