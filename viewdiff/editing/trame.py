@@ -543,22 +543,16 @@ class TrameEditor:
             tensors["x_tgt"] = self.x_tgt
         if self.pseudo is not None:
             tensors["pseudo"] = self.pseudo
-        adam_steps = {}
-        for group in self.fitter.optimizer.param_groups:
-            name, state = group["name"], self.fitter.optimizer.state.get(group["params"][0], {})
-            if "exp_avg" in state:
-                tensors[f"adam.{name}.exp_avg"] = state["exp_avg"]
-                tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"]
-                adam_steps[name] = float(state["step"])
+        fitter_tensors, fitter_state = self.fitter.checkpoint_state()
+        tensors |= fitter_tensors
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                   tmp / TENSORS_FILE)  # fmt: skip
         state = {
             "format": STATE_FORMAT,
             "position": self.position,
-            "iteration": self.fitter.iteration,
             "source_prompt": self.source_prompt,
             "prompt": self.prompt,
-            "adam_steps": adam_steps,
+            "fitter": fitter_state,
             "reports": [dataclasses.asdict(r) for r in self.reports],
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
@@ -588,15 +582,7 @@ class TrameEditor:
         scene = scene.with_sh_degree(self.config.fit.sh_degree)
         tensors = load_file(folder / TENSORS_FILE, device=str(device))
         fitter = GaussianFitter(scene, None, self.config.fit, extent=self.fitter.extent)
-        fitter.iteration = int(state["iteration"])
-        for group in fitter.optimizer.param_groups:
-            name, param = group["name"], group["params"][0]
-            if name in state["adam_steps"]:
-                fitter.optimizer.state[param] = {
-                    "step": torch.tensor(state["adam_steps"][name]),
-                    "exp_avg": tensors[f"adam.{name}.exp_avg"],
-                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"],
-                }
+        fitter.restore_checkpoint_state(tensors, state["fitter"])
         self.fitter = fitter
         self.tgt0 = tensors["tgt0"].to(self.src0).contiguous()
         self.pseudo = tensors.get("pseudo")

@@ -279,6 +279,48 @@ class GaussianFitter:
         self.end_step([out])
         return loss.item()
 
+    def checkpoint_state(self) -> tuple[dict[str, Tensor], dict]:
+        """What a checkpoint needs besides the scene: Adam's moments, the density statistics and
+        the RNG as tensors; Adam's step counts, the iteration and the view order as JSON."""
+        tensors, steps = {}, {}
+        for group in self.optimizer.param_groups:
+            name, state = group["name"], self.optimizer.state.get(group["params"][0], {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    tensors[f"adam.{name}.{key}"] = state[key]
+            steps[name] = float(state["step"]) if "step" in state else 0.0
+        tensors |= {
+            "stats.grad_norm_sum": self.stats.grad_norm_sum,
+            "stats.seen": self.stats.seen,
+            "stats.max_radii": self.stats.max_radii,
+            "fitter_generator": self.generator.get_state(),
+        }
+        document = {
+            "adam_steps": steps,
+            "iteration": self.iteration,
+            "view_order": self._view_order,
+        }
+        return tensors, document
+
+    def restore_checkpoint_state(self, tensors: dict[str, Tensor], document: dict) -> None:
+        """Take back what ``checkpoint_state`` returned, into a fitter of the saved scene."""
+        self.iteration = int(document["iteration"])
+        self._view_order = list(document["view_order"])
+        for group in self.optimizer.param_groups:
+            name, param = group["name"], group["params"][0]
+            if f"adam.{name}.exp_avg" in tensors:
+                self.optimizer.state[param] = {
+                    "step": torch.tensor(document["adam_steps"][name]),
+                    "exp_avg": tensors[f"adam.{name}.exp_avg"],
+                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"],
+                }
+        self.stats = DensityStats(
+            tensors["stats.grad_norm_sum"], tensors["stats.seen"], tensors["stats.max_radii"]
+        )
+        self.generator.set_state(tensors["fitter_generator"].cpu())
+        # Adam's learning rate of the means at this step (begin_step sets it from the next one).
+        self.optimizer.param_groups[0]["lr"] = position_lr(self.config, self.iteration, self.extent)
+
     def _density_control(self, image_size: int) -> None:
         """3DGS's schedule: densify and prune every interval, reset opacities now and then."""
         config, step = self.config, self.iteration

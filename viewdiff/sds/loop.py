@@ -33,7 +33,7 @@ from torch import Tensor
 from viewdiff.cameras import pose_features
 from viewdiff.inference.load import MultiViewPrior
 from viewdiff.sampling import ViewConditions, decode_latents, encode_images, encode_prompts
-from viewdiff.scene.fit import DensityStats, FitConfig, GaussianFitter, position_lr
+from viewdiff.scene.fit import FitConfig, GaussianFitter
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.losses import ssim
 from viewdiff.scene.render import RenderOutput, render
@@ -293,21 +293,11 @@ class ScoreDistillation:
         tmp = folder.with_name(folder.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         write_gaussian_ply(tmp / SCENE_FILE, self.fitter.scene.detach())
-        tensors, groups = {}, {}
-        for group in self.fitter.optimizer.param_groups:
-            name, state = group["name"], self.fitter.optimizer.state.get(group["params"][0], {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    tensors[f"adam.{name}.{key}"] = state[key]
-            groups[name] = float(state["step"]) if "step" in state else 0.0
-        stats = self.fitter.stats
+        tensors, fitter_state = self.fitter.checkpoint_state()
+        groups = fitter_state["adam_steps"]
         tensors |= {
-            "stats.grad_norm_sum": stats.grad_norm_sum,
-            "stats.seen": stats.seen,
-            "stats.max_radii": stats.max_radii,
             "background_logits": self.background_logits.detach(),
             "generator": self.generator.get_state(),
-            "fitter_generator": self.fitter.generator.get_state(),
         }
         if self.background_optimizer is not None:
             state = self.background_optimizer.state.get(self.background_logits, {})
@@ -323,7 +313,7 @@ class ScoreDistillation:
             "step": self.step_count,
             "prompt": self.prompt,
             "adam_steps": groups,
-            "view_order": self.fitter._view_order,
+            "view_order": fitter_state["view_order"],
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         if folder.exists():
@@ -351,20 +341,7 @@ class ScoreDistillation:
         )
         tensors = load_file(folder / TENSORS_FILE, device=str(device))
         fitter = GaussianFitter(scene, None, self.fitter.config, extent=self.fitter.extent)
-        fitter.iteration = int(state["step"])
-        fitter._view_order = list(state["view_order"])
-        for group in fitter.optimizer.param_groups:
-            name, param = group["name"], group["params"][0]
-            if f"adam.{name}.exp_avg" in tensors:
-                fitter.optimizer.state[param] = {
-                    "step": torch.tensor(state["adam_steps"][name]),
-                    "exp_avg": tensors[f"adam.{name}.exp_avg"],
-                    "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"],
-                }
-        fitter.stats = DensityStats(
-            tensors["stats.grad_norm_sum"], tensors["stats.seen"], tensors["stats.max_radii"]
-        )
-        fitter.generator.set_state(tensors["fitter_generator"].cpu())
+        fitter.restore_checkpoint_state(tensors, {**state, "iteration": state["step"]})
         self.generator.set_state(tensors["generator"].cpu())
         with torch.no_grad():
             self.background_logits.copy_(tensors["background_logits"])
@@ -375,9 +352,6 @@ class ScoreDistillation:
                 "exp_avg_sq": tensors["background.exp_avg_sq"],
             }
         self.fitter = fitter
-        # Adam's learning rate of the means at this step (set by begin_step from the next one).
-        lr = position_lr(fitter.config, fitter.iteration, fitter.extent)
-        self.fitter.optimizer.param_groups[0]["lr"] = lr
 
 
 def read_state(folder: Path) -> dict:
