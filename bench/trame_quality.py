@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from viewdiff.editing.denoisers import load_editing_model  # noqa: E402
 from viewdiff.editing.metrics import edit_metrics  # noqa: E402
-from viewdiff.editing.trame import TrameConfig, TrameEditor  # noqa: E402
+from viewdiff.editing.trame import TrameEditor  # noqa: E402
+from viewdiff.editing.trame_config import TrameConfig  # noqa: E402
 from viewdiff.inference.load import read_export  # noqa: E402
 from viewdiff.scene.fit import FitConfig, PosedViews, fit  # noqa: E402
 from viewdiff.scene.gaussians import GaussianScene  # noqa: E402

@@ -9,7 +9,8 @@ import torch
 from viewdiff.cameras import pose_features
 from viewdiff.editing.attention_control import AttentionControl, token_alignment
 from viewdiff.editing.denoisers import load_editing_model
-from viewdiff.editing.trame import TrameConfig, TrameEditor
+from viewdiff.editing.trame import TrameEditor
+from viewdiff.editing.trame_config import TrameConfig
 from viewdiff.inference.trajectory import orbit_trajectory
 from viewdiff.sampling import ViewConditions, encode_prompts, prior_predictions
 from viewdiff.scene.fit import FitConfig

@@ -100,7 +100,7 @@ class AttentionControl:
         """Whether cross-attention needs its probabilities (to replace or record them)."""
         return self.replace_cross or self.record is not None
 
-    def _pairs(self, rows: int) -> tuple[Tensor, Tensor]:
+    def branch_rows(self, rows: int) -> tuple[Tensor, Tensor]:
         """Row indices (source rows, their target twins) for a batch of ``rows`` rows."""
         n = self.n_views
         if rows % (2 * n):
@@ -114,7 +114,7 @@ class AttentionControl:
 
     def borrow_rows(self, x: Tensor) -> Tensor:
         """x (rows, ...) with every target row replaced by its source twin's."""
-        source, target = self._pairs(x.shape[0])
+        source, target = self.branch_rows(x.shape[0])
         out = x.clone()
         out[target.to(x.device)] = x[source.to(x.device)]
         return out
@@ -131,7 +131,7 @@ class AttentionControl:
     def cross_probabilities(self, probs: Tensor) -> Tensor:
         """Cross-attention probabilities (rows, heads, L, 77) with the target rows' shared tokens
         taken from the source rows (aligned by ``source_index``)."""
-        source, target = self._pairs(probs.shape[0])
+        source, target = self.branch_rows(probs.shape[0])
         device = probs.device
         shared = self.shared_tokens.to(device)
         columns = torch.nonzero(shared).flatten()
@@ -198,7 +198,7 @@ def attend_with_control(
     if control.replace_cross:
         probs = control.cross_probabilities(probs)
     if control.record is not None:
-        source, target = control._pairs(rows)
+        source, target = control.branch_rows(rows)
         n = control.n_views
         control.record.add(probs, source[-n:].to(probs.device), target[-n:].to(probs.device))
     return (probs @ v).transpose(1, 2).reshape(rows, length, inner).to(query.dtype)

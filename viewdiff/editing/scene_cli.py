@@ -27,7 +27,8 @@ from viewdiff.editing.clip_similarity import ClipDirection
 from viewdiff.editing.denoisers import check_editing_model, load_editing_model
 from viewdiff.editing.metrics import edit_metrics
 from viewdiff.editing.region import lift_region
-from viewdiff.editing.trame import TrameConfig, TrameEditor
+from viewdiff.editing.trame import TrameEditor
+from viewdiff.editing.trame_config import TrameConfig
 from viewdiff.inference.load import chosen_device, read_export
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.trajectory import orbit_trajectory, read_trajectory

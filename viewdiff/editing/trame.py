@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,7 +49,8 @@ from viewdiff.editing.ddcm import alpha_bar_at, anchor, clean_estimate, ddcm_tar
 from viewdiff.editing.denoisers import EditingModel
 from viewdiff.editing.inversion import invert, step_with_noise
 from viewdiff.editing.region import normalise_maps
-from viewdiff.editing.trame_plan import Schedule, ViewPlan, check_schedule, plan_views
+from viewdiff.editing.trame_config import TrameConfig
+from viewdiff.editing.trame_plan import ViewPlan, plan_views
 from viewdiff.editing.trame_plan import schedule_value as value_at
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.sampling import (
@@ -59,7 +60,7 @@ from viewdiff.sampling import (
     encode_prompts,
     prior_predictions,
 )
-from viewdiff.scene.fit import FitConfig, GaussianFitter, scene_extent
+from viewdiff.scene.fit import GaussianFitter, scene_extent
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.losses import ssim
 from viewdiff.scene.render import render
@@ -67,98 +68,6 @@ from viewdiff.scene.sh import rgb_to_sh0
 
 STATE_FORMAT = "viewdiff.trame-state/1"
 SCENE_FILE, TENSORS_FILE, STATE_FILE = "scene.ply", "state.safetensors", "state.json"
-
-
-@dataclass(frozen=True)
-class TrameConfig:
-    """TrAME's knobs; schedules are ``(from_step, value)`` pairs over the grid's step index."""
-
-    steps: int = 20
-    """DDIM grid of the trajectory (TrAME: 20)."""
-    start: int = 10
-    """First grid index run: the trajectory starts at timestep grid[start] (TrAME: 10 of 20)."""
-    guidance: float = 7.5
-    """Classifier-free guidance of both branches."""
-    kappa: Schedule = ((0, 0.95), (10, 0.3))
-    """kappa_k of the source consistency correction (official configs: 0.95, 0.3 from 10)."""
-    f: Schedule = ((0, 1.0), (11, 0.0))
-    """f_k of the error compensation: 1 keeps the 2D estimate, 0 takes the render (official)."""
-    updates: Schedule = ((0, 0), (9, 10))
-    """3D updates per edit view after step k (official: none until 9, then 5-20)."""
-    keyframe_every: int = 4
-    """A keyframe every this many views of the orbit; the views between form its context."""
-    max_angle_deg: float = 25.0
-    """Context views further than this from their keyframe are edited with the keyframes."""
-    inject_self_until: float = 0.5
-    """Fraction of the trajectory during which the target takes the source's self-attention
-    queries and keys (structure)."""
-    replace_cross_until: float = 0.8
-    """... during which the target's cross-attention maps of shared tokens are the source's."""
-    propagate_until: float = 1.0
-    """... during which a context's views take their keyframe's self-attention keys and values
-    (KV propagation)."""
-    blend_from: float = 0.0
-    """Fraction of the trajectory after which the edit is blended with the source outside the
-    edit mask (local blending); 1 switches it off."""
-    mask_grow: int = 1
-    """Latent pixels the edit mask grows by before blending."""
-    lambda_dssim: float = 0.2
-    """D-SSIM weight of the 3D update loss (3DGS)."""
-    anchor_weight: Schedule = ((0, 1.0), (15, 5.0), (18, 20.0))
-    """GaussianEditor's anchor loss weight, growing over the trajectory."""
-    sampler: str = "ddcm"
-    """Virtual inversion of the dual branches: ddcm (InfEdit / TrAME: fresh shared noise every
-    step, kappa's correction) or ddpm (the edit-friendly noise of ``viewdiff.editing.inversion``:
-    the source branch is the renders' inversion, the target reuses its noise maps; kappa unused)."""
-    source_guidance: float | None = None
-    """Guidance of the ddpm sampler's inversion (None: ``guidance``; the inversion paper
-    inverts at 3.5 and edits at 15)."""
-    held_out: tuple[int, ...] = ()
-    """Edit views that are edited in 2D but never used by the 3D updates: the scene's renders
-    there, against their pseudo ground truth, measure how well the edit generalises."""
-    tas: bool = True
-    """False: edit in 2D first, then reconstruct (the ablation)."""
-    vcac: bool = True
-    """False: no attention control and no local blending (the ablation)."""
-    background: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    """Colour behind the scene in every render."""
-    fit: FitConfig = field(default_factory=lambda: FitConfig(sh_degree=0, densify_until=0))
-    """Learning rates of the 3D updates (no density control: the anchor loss needs the
-    Gaussians it started with)."""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 2 or not 0 <= self.start < self.steps:
-            raise ValueError(
-                f"trame: need steps >= 2 and 0 <= start < steps, got {self.steps}, {self.start}"
-            )
-        if self.sampler not in ("ddcm", "ddpm"):
-            raise ValueError(f"trame.sampler must be ddcm or ddpm, got {self.sampler!r}")
-        if not self.guidance >= 1.0:
-            raise ValueError(f"trame.guidance must be >= 1, got {self.guidance}")
-        for name in ("kappa", "f", "updates", "anchor_weight"):
-            check_schedule(getattr(self, name), f"trame.{name}")
-        if len(set(self.held_out)) != len(self.held_out):
-            raise ValueError(f"trame.held_out repeats views: {list(self.held_out)}")
-        if any(v < 0 for _, v in self.updates):
-            raise ValueError(f"trame.updates must be >= 0, got {list(self.updates)}")
-        for name in ("inject_self_until", "replace_cross_until", "propagate_until", "blend_from"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"trame.{name} must be in [0, 1], got {getattr(self, name)}")
-
-    @property
-    def trajectory_steps(self) -> list[int]:
-        """The grid indices run: start .. steps - 1."""
-        return list(range(self.start, self.steps))
-
-    def fraction(self, k: int) -> float:
-        """How far step k is into the trajectory, in [0, 1)."""
-        return (k - self.start) / (self.steps - self.start)
-
-    def total_updates(self, views: int) -> int:
-        """3D updates of the whole trajectory for ``views`` trained views (the budget the
-        no-TAS ablation gets too)."""
-        return sum(int(value_at(self.updates, k)) * views for k in self.trajectory_steps)
 
 
 def edit_masks(scene: GaussianScene, cameras: Trajectory, selected: Tensor | None) -> Tensor:
@@ -228,7 +137,8 @@ class TrameEditor:
         self.trained_views = [v for v in range(len(cameras)) if v not in config.held_out]
         if not self.trained_views:
             raise ValueError("every edit view is held out: nothing to update the scene with")
-        coverage = edit_masks(self.original, cameras, None).flatten(1).amax(1)  # (V,)
+        self.object_masks = edit_masks(self.original, cameras, None)  # (V, 1, H, W)
+        coverage = self.object_masks.flatten(1).amax(1)  # (V,)
         unseen = torch.nonzero(coverage < 0.5).flatten().tolist()
         if unseen:
             raise ValueError(
@@ -248,7 +158,7 @@ class TrameEditor:
         self.pseudo: Tensor | None = None  # (V, 3, H, W) the latest pseudo ground truth
         texts = encode_prompts(editing.text_encoder, editing.tokenizer, [source_prompt, prompt])
         empty = encode_prompts(editing.text_encoder, editing.tokenizer, [""])
-        self.texts, self.empty = texts, empty.expand(2, -1, -1)
+        self.texts, self.empty = texts, empty  # (2, 77, D): source, target; (1, 77, D)
         self.alignment = token_alignment(editing.tokenizer, source_prompt, prompt)
         self.scheduler = editing.scheduler()
         self.scheduler.set_timesteps(config.steps)
@@ -349,7 +259,10 @@ class TrameEditor:
         """Edit only the ``selected`` Gaussians (G,) bool of the original scene (None: all)."""
         if selected is not None and not bool(selected.any()):
             raise ValueError("the edit region holds no Gaussian")
-        self.masks = edit_masks(self.original, self.cameras, selected)
+        if selected is None:
+            self.masks = self.object_masks
+        else:
+            self.masks = edit_masks(self.original, self.cameras, selected)
         if float(self.masks.amax()) < 0.5:
             raise ValueError("the edit region is empty in every view (no Gaussian renders there)")
         self.latent_masks = self._latent_masks()
@@ -365,7 +278,7 @@ class TrameEditor:
         K, w2c = cams.K[None].to(device), cams.w2c[None].to(device)
         pose = pose_features(K, w2c, cams.image_size_hw)
         many = [x.expand(texts.shape[0], *x.shape[1:]) for x in (K, w2c, pose)]
-        empty = self.empty[:1].expand(texts.shape[0], -1, -1)
+        empty = self.empty.expand(texts.shape[0], -1, -1)
         return ViewConditions(texts, empty, *many, cams.image_size_hw)
 
     def branch_predictions(
