@@ -24,7 +24,7 @@ import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
-from viewdiff.cli_args import positive_int
+from viewdiff.cli_args import check_output_folder, positive_int
 from viewdiff.config import SampleConfig
 from viewdiff.editing.cli import add_edit_command, add_invert_command
 from viewdiff.editing.scene_cli import add_edit_scene_command
@@ -40,7 +40,6 @@ from viewdiff.inference.load import (
     read_export,
 )
 from viewdiff.inference.outputs import (
-    check_output_folder,
     object_folder_name,
     output_folder,
     read_prompts,

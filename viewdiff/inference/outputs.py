@@ -14,7 +14,6 @@ In the output folder of one object:
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from torch import Tensor
 
 from viewdiff.cameras_json import write_cameras
+from viewdiff.cli_args import check_output_folder
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.scene.turntable import mp4_available, write_gif, write_mp4
 from viewdiff.visualize import image_grid, to_pil
@@ -36,25 +36,9 @@ def to_frames(images: Tensor) -> np.ndarray:
     return np.stack([np.asarray(to_pil(image)) for image in images])
 
 
-def check_output_folder(path: Path, name: str = "--out") -> None:
-    """A ValueError naming ``name`` unless ``path`` is a folder or can be made one there
-    (creates nothing: a command refused for another input leaves no folder behind)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name} {path} is a file, not a folder")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{name} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {path}: {existing} is not writable")
-
-
 def output_folder(path: Path) -> Path:
     """``--out`` created (parents too), or a ValueError naming it: checked before any compute."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} is a file, not a folder")
+    check_output_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from viewdiff.cli_args import check_output_folder
 from viewdiff.config import Config, ConfigError, ModelConfig, read_config_json
 from viewdiff.data.stream import shard_urls
-from viewdiff.inference.outputs import check_output_folder
 from viewdiff.training.checkpoints import (
     checkpoints_dir,
     complete_checkpoints,
