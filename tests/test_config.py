@@ -145,6 +145,9 @@ def test_overrides_apply_after_the_preset(tmp_path):
         ("train=1", r"'train' is a section"),
         ("train.seed.x=1", r"'train.seed' has no sub-keys"),
         ("data.categories=[1, 2]", r"data.categories\[0\] expects str, got 1"),
+        ("train.learning_rate=.nan", r"train.learning_rate must be a finite number, got nan"),
+        ("sample.guidance_scale=.inf", r"sample.guidance_scale must be a finite number"),
+        ("sample.guidance_scale=-.inf", r"sample.guidance_scale must be a finite number"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import re
 import textwrap
 import types
@@ -103,6 +104,8 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
             )
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # a NaN learning rate or guidance runs to garbage
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -185,7 +185,7 @@ def no_compute(monkeypatch):
             "train.learning_rate=-1e-3",
             "train.learning_rate must be finite and positive, got -0.001",
         ),
-        ("train.learning_rate=.nan", "train.learning_rate must be finite and positive, got nan"),
+        ("train.learning_rate=.nan", "train.learning_rate must be a finite number, got nan"),
         (
             "train.renderer_learning_rate=0",
             "train.renderer_learning_rate must be finite and positive",
@@ -193,7 +193,7 @@ def no_compute(monkeypatch):
         ("train.adam_beta2=1.0", "train.adam_beta2 must be finite and in [0, 1), got 1.0"),
         ("train.adam_epsilon=0", "train.adam_epsilon must be finite and positive, got 0.0"),
         ("train.max_grad_norm=-1", "train.max_grad_norm must be finite and non-negative (0 turns"),
-        ("train.adam_weight_decay=.inf", "train.adam_weight_decay must be finite and non-negative"),
+        ("train.adam_weight_decay=.inf", "train.adam_weight_decay must be a finite number"),
         (
             "train.output_dir={tmp}/a-file",
             "train.output_dir {tmp}/a-file is a file, not a folder",
