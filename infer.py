@@ -24,7 +24,20 @@ import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
-from viewdiff.cli_args import check_output_folder, positive_int
+from viewdiff.cli_args import (
+    MAX_VIEWS,
+    check_output_folder,
+    denoising_steps,
+    field_of_view,
+    finite_float,
+    int_in,
+    nonnegative_float,
+    pixel_size,
+    positive_float,
+    positive_int,
+    unit_float,
+    view_count,
+)
 from viewdiff.config import SampleConfig
 from viewdiff.editing.cli import add_edit_command, add_invert_command
 from viewdiff.editing.scene_cli import add_edit_scene_command
@@ -65,12 +78,18 @@ def add_cameras_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("cameras", help="write/check a camera trajectory and draw it")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--cameras", type=Path, help="check this cameras.json instead of an orbit")
-    parser.add_argument("--views", type=positive_int, default=8, help="views on the orbit")
-    parser.add_argument("--elevation", type=float, default=30.0, help="degrees above the object")
-    parser.add_argument("--radius", type=float, default=4.0, help="distance to the box centre")
-    parser.add_argument("--fov", type=float, default=48.0, help="horizontal field of view, degrees")
+    parser.add_argument("--views", type=view_count, default=8, help="views on the orbit")
     parser.add_argument(
-        "--image-size", type=positive_int, default=256, help="square image side, pixels"
+        "--elevation", type=finite_float, default=30.0, help="degrees above the object"
+    )
+    parser.add_argument(
+        "--radius", type=positive_float, default=4.0, help="distance to the box centre"
+    )
+    parser.add_argument(
+        "--fov", type=field_of_view, default=48.0, help="horizontal field of view, degrees"
+    )
+    parser.add_argument(
+        "--image-size", type=pixel_size, default=256, help="square image side, pixels"
     )
     parser.set_defaults(run=run_cameras)
 
@@ -96,22 +115,30 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("render", help="render a 3DGS PLY scene around an orbit")
     parser.add_argument("--scene", type=Path, required=True, help="3D Gaussian splatting PLY")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--views", type=positive_int, default=60, help="frames on the orbit")
-    parser.add_argument("--elevation", type=float, default=30.0, help="degrees above the object")
-    parser.add_argument("--radius", type=float, default=4.0, help="distance to the box centre")
-    parser.add_argument("--size", type=positive_int, default=256, help="square image side, pixels")
-    parser.add_argument("--fov", type=float, default=48.0, help="horizontal field of view, degrees")
+    parser.add_argument("--views", type=view_count, default=60, help="frames on the orbit")
+    parser.add_argument(
+        "--elevation", type=finite_float, default=30.0, help="degrees above the object"
+    )
+    parser.add_argument(
+        "--radius", type=positive_float, default=4.0, help="distance to the box centre"
+    )
+    parser.add_argument("--size", type=pixel_size, default=256, help="square image side, pixels")
+    parser.add_argument(
+        "--fov", type=field_of_view, default=48.0, help="horizontal field of view, degrees"
+    )
     parser.add_argument("--backend", choices=("auto", "torch", "gsplat"), default="auto")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument(
         "--background",
-        type=float,
+        type=unit_float,
         nargs=3,
         default=(1.0, 1.0, 1.0),
         metavar=("R", "G", "B"),
         help="background colour in [0, 1]",
     )
-    parser.add_argument("--fps", type=float, default=20.0, help="frames per second of GIF/MP4")
+    parser.add_argument(
+        "--fps", type=positive_float, default=20.0, help="frames per second of GIF/MP4"
+    )
     parser.set_defaults(run=run_render)
 
 
@@ -149,16 +176,24 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     sampler = parser.add_argument_group("sampler (defaults: the export's sample.* config)")
     sampler.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (unipc)")
-    sampler.add_argument("--steps", type=positive_int, help="denoising steps (10)")
-    sampler.add_argument("--guidance", type=float, help="guidance with no view given (7.5)")
-    sampler.add_argument("--image-guidance", type=float, help="guidance with views given (1)")
-    sampler.add_argument("--window", type=positive_int, help="new views per joint batch (10)")
-    sampler.add_argument("--max-conditions", type=int, help="views given clean per batch (20)")
+    sampler.add_argument("--steps", type=denoising_steps, help="denoising steps (10)")
+    sampler.add_argument(
+        "--guidance", type=nonnegative_float, help="guidance with no view given (7.5)"
+    )
+    sampler.add_argument(
+        "--image-guidance", type=nonnegative_float, help="guidance with views given (1)"
+    )
+    sampler.add_argument("--window", type=view_count, help="new views per joint batch (10)")
+    sampler.add_argument(
+        "--max-conditions", type=int_in(0, MAX_VIEWS), help="views given clean per batch (20)"
+    )
     sampler.add_argument("--intensity-stats", choices=("zero", "known"), help="(zero)")
     sampler.add_argument("--seed", type=int, help="seed of the noise (0); prompt i: seed + i")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype")
-    parser.add_argument("--fps", type=float, default=10.0, help="frames per second of GIF/MP4")
+    parser.add_argument(
+        "--fps", type=positive_float, default=10.0, help="frames per second of GIF/MP4"
+    )
 
 
 def add_trajectory_arguments(parser: argparse.ArgumentParser, cameras_flag: str) -> None:
@@ -167,13 +202,19 @@ def add_trajectory_arguments(parser: argparse.ArgumentParser, cameras_flag: str)
         "trajectory (an orbit around the object box, or a file; defaults: the export's sample.*)"
     )
     group.add_argument(cameras_flag, type=Path, help="cameras.json of the views to generate")
-    group.add_argument("--views", type=positive_int, default=8, help="views on the orbit")
-    group.add_argument("--elevation", type=float, help="degrees above the object (elevation_deg)")
-    group.add_argument("--radius", type=float, help="distance to the box centre (radius)")
-    group.add_argument("--fov", type=float, help="horizontal field of view, degrees (fov_deg)")
-    group.add_argument("--start-azimuth", type=float, default=0.0, help="first view, degrees")
+    group.add_argument("--views", type=view_count, default=8, help="views on the orbit")
     group.add_argument(
-        "--image-size", type=positive_int, help="square side (the export's data.image_size)"
+        "--elevation", type=finite_float, help="degrees above the object (elevation_deg)"
+    )
+    group.add_argument("--radius", type=positive_float, help="distance to the box centre (radius)")
+    group.add_argument(
+        "--fov", type=field_of_view, help="horizontal field of view, degrees (fov_deg)"
+    )
+    group.add_argument(
+        "--start-azimuth", type=finite_float, default=0.0, help="first view, degrees"
+    )
+    group.add_argument(
+        "--image-size", type=pixel_size, help="square side (the export's data.image_size)"
     )
 
 
@@ -328,9 +369,11 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     """``infer.py eval``: novel-view synthesis on held-out shards, PSNR and SSIM."""
     parser = commands.add_parser("eval", help="PSNR/SSIM of novel views on held-out shards")
     parser.add_argument("--shards", required=True, help="held-out shard folder or URL pattern")
-    parser.add_argument("--known", type=int, default=1, help="true views given per object")
     parser.add_argument(
-        "--views", type=positive_int, help="views per object (the export's data.n_views)"
+        "--known", type=int_in(1, MAX_VIEWS), default=1, help="true views given per object"
+    )
+    parser.add_argument(
+        "--views", type=view_count, help="views per object (the export's data.n_views)"
     )
     parser.add_argument("--max-objects", type=positive_int, help="stop after this many objects")
     parser.add_argument("--categories", nargs="+", help="default: the export's data.categories")

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from viewdiff.cameras_json import write_cameras
+from viewdiff.cli_args import MAX_DENOISING_STEPS, int_in, nonnegative_float
 from viewdiff.config import SampleConfig
 from viewdiff.editing.denoisers import (
     check_editing_model,
@@ -60,8 +61,12 @@ def add_invert_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cameras", type=Path, help="cameras.json of the views (multi-view)")
     parser.add_argument("--prompt", default="", help="source text (what the views show)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--steps", type=int, default=100, help="DDPM steps (paper: 100)")
-    parser.add_argument("--cfg-src", type=float, default=3.5, help="source guidance (3.5)")
+    parser.add_argument(
+        "--steps", type=int_in(2, MAX_DENOISING_STEPS), default=100, help="DDPM steps (paper: 100)"
+    )
+    parser.add_argument(
+        "--cfg-src", type=nonnegative_float, default=3.5, help="source guidance (3.5)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the independent noises")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
@@ -74,8 +79,15 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--inversion", type=Path, required=True, help="an infer.py invert folder")
     parser.add_argument("--prompt", required=True, help="target text")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--skip", type=int, default=36, help="T_skip: noisiest steps skipped (36)")
-    parser.add_argument("--cfg-tar", type=float, default=15.0, help="target guidance (15)")
+    parser.add_argument(
+        "--skip",
+        type=int_in(0, MAX_DENOISING_STEPS),
+        default=36,
+        help="T_skip: noisiest steps skipped (36)",
+    )
+    parser.add_argument(
+        "--cfg-tar", type=nonnegative_float, default=15.0, help="target guidance (15)"
+    )
     parser.add_argument("--checkpoint", type=Path, help="the model (default: the inversion's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.set_defaults(run=run_edit)

@@ -21,7 +21,16 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from viewdiff.cli_args import positive_int
+from viewdiff.cli_args import (
+    MAX_DENOISING_STEPS,
+    MAX_VIEWS,
+    denoising_steps,
+    finite_float,
+    int_in,
+    nonnegative_float,
+    positive_int,
+    view_count,
+)
 from viewdiff.editing.attention_control import word_positions
 from viewdiff.editing.clip_similarity import ClipDirection
 from viewdiff.editing.denoisers import check_editing_model, load_editing_model
@@ -51,14 +60,14 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--scene", type=Path, required=True, help="3DGS PLY to edit")
     parser.add_argument("--cameras", type=Path, help="cameras.json of the edit views (ordered)")
     parser.add_argument(
-        "--views", type=positive_int, default=16, help="orbit views without --cameras"
+        "--views", type=view_count, default=16, help="orbit views without --cameras"
     )
     parser.add_argument("--source-prompt", required=True, help="what the scene shows")
     parser.add_argument("--prompt", required=True, help="what it should show")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--region",
-        type=float,
+        type=finite_float,
         nargs=6,
         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
         help="edit only the Gaussians in this box (default: the whole object)",
@@ -69,14 +78,16 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
         help="edit the Gaussians that the prior's cross-attention to the changed words votes for",
     )
     parser.add_argument("--words", nargs="+", help="words whose attention traces the region")
-    parser.add_argument("--steps", type=positive_int, help="DDIM grid (20)")
-    parser.add_argument("--start", type=int, help="first grid step run (10)")
-    parser.add_argument("--guidance", type=float, help="CFG of both branches (7.5)")
+    parser.add_argument("--steps", type=denoising_steps, help="DDIM grid (20)")
+    parser.add_argument(
+        "--start", type=int_in(0, MAX_DENOISING_STEPS), help="first grid step run (10)"
+    )
+    parser.add_argument("--guidance", type=nonnegative_float, help="CFG of both branches (7.5)")
     parser.add_argument("--keyframe-every", type=positive_int, help="a keyframe every K views (4)")
     parser.add_argument("--sampler", choices=("ddcm", "ddpm"), help="virtual inversion (ddcm)")
     parser.add_argument(
         "--held-out",
-        type=int,
+        type=int_in(0, MAX_VIEWS - 1),
         nargs="+",
         default=[],
         help="edit views the 3D updates never see (measured: held_out_psnr)",
@@ -118,8 +129,6 @@ def run_edit_scene(args: argparse.Namespace) -> None:
     config = trame_config(args)
     if not args.scene.is_file():
         raise ValueError(f"--scene {args.scene}: no such file")
-    if args.views < 1:
-        raise ValueError(f"--views must be >= 1, got {args.views}")
     device = chosen_device(args.device)
     scene = read_gaussian_ply(args.scene, device=device)
     size = export.config.data.image_size
