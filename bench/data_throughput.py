@@ -17,6 +17,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
+from viewdiff.cli_args import nonnegative_int, positive_int
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import ShardOptions, write_shards
 from viewdiff.data.stream import build_loader
@@ -49,13 +50,21 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shards", help="existing shard folder or URL (default: synthetic)")
-    parser.add_argument("--size", type=int, default=256, help="view size of the shards, px")
-    parser.add_argument("--views", type=int, default=5, help="N views per sample")
-    parser.add_argument("--batch-size", type=int, default=4, help="samples per batch")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per line")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts")
-    parser.add_argument("--sequences", type=int, default=2, help="synthetic sequences/category")
-    parser.add_argument("--frames", type=int, default=24, help="synthetic frames per sequence")
+    parser.add_argument(
+        "--size", type=positive_int, default=256, help="view size of the shards, px"
+    )
+    parser.add_argument("--views", type=positive_int, default=5, help="N views per sample")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="samples per batch")
+    parser.add_argument("--batches", type=positive_int, default=20, help="timed batches per line")
+    parser.add_argument(
+        "--workers", type=nonnegative_int, nargs="+", default=[0, 2], help="worker counts"
+    )
+    parser.add_argument(
+        "--sequences", type=positive_int, default=2, help="synthetic sequences/category"
+    )
+    parser.add_argument(
+        "--frames", type=positive_int, default=24, help="synthetic frames per sequence"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         shards = args.shards or synthetic_shards(

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from viewdiff.cli_args import nonnegative_float, nonnegative_int, positive_int
 from viewdiff.editing.denoisers import denoiser, load_editing_model  # noqa: E402
 from viewdiff.editing.inversion import generate, invert  # noqa: E402
 from viewdiff.inference.evaluate import view_psnr  # noqa: E402
@@ -86,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="red", help="colour of the objects edited")
     parser.add_argument("--target", default="blue", help="colour they are edited to")
     parser.add_argument("--shape", default="ball", help="shape of the objects edited")
-    parser.add_argument("--objects", type=int, default=4, help="held-out objects edited")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--cfg-src", type=float, default=3.5)
+    parser.add_argument("--objects", type=positive_int, default=4, help="held-out objects edited")
+    parser.add_argument("--steps", type=positive_int, default=100)
+    parser.add_argument("--cfg-src", type=nonnegative_float, default=3.5)
     # The toy prior's edits: the paper's skip 36 / cfg 15 loses the object's shape, skip 70 /
     # cfg 6 keeps it; below cfg ~5 the colour does not flip at all (see the README).
-    parser.add_argument("--cfg-tar", type=float, default=6.0)
-    parser.add_argument("--skip", type=int, default=70)
+    parser.add_argument("--cfg-tar", type=nonnegative_float, default=6.0)
+    parser.add_argument("--skip", type=nonnegative_int, default=70)
     parser.add_argument("--quick", action="store_true", help="tiny settings (the test)")
     args = parser.parse_args(argv)
     fit_config, per_shape = CONSISTENCY_FIT, 24

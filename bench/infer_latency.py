@@ -27,6 +27,7 @@ import time
 import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cli_args import nonnegative_int, positive_int
 from viewdiff.config import ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.sampling import (
@@ -115,11 +116,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--full", action="store_true", help="SD 2.1 base, 256 px, fp16, CUDA")
     parser.add_argument("--sizes", nargs="+", choices=("tiny", "mid"), default=["tiny", "mid"])
-    parser.add_argument("--views", type=int, default=30, help="views per batch")
-    parser.add_argument("--steps", type=int, default=10, help="UniPC steps")
-    parser.add_argument("--repeats", type=int, default=1, help="timed batches per setting")
+    parser.add_argument("--views", type=positive_int, default=30, help="views per batch")
+    parser.add_argument("--steps", type=positive_int, default=10, help="UniPC steps")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="timed batches per setting")
     parser.add_argument("--batches", nargs="+", choices=list(BATCHES), default=list(BATCHES))
-    parser.add_argument("--given", type=int, default=20, help="views given in the window batch")
+    parser.add_argument(
+        "--given", type=nonnegative_int, default=20, help="views given in the window batch"
+    )
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --full)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default fp32; fp16 with --full")
     parser.add_argument("--paper-3d", action="store_true", help="C'=16, G=32, 128 samples/ray")

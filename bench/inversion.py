@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from random_prior import random_export  # noqa: E402
 
 from viewdiff.cameras import intrinsics_from_fov, orbit  # noqa: E402
+from viewdiff.cli_args import nonnegative_int, positive_int
 from viewdiff.editing.denoisers import denoiser, load_editing_model  # noqa: E402
 from viewdiff.editing.inversion import generate, invert  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
@@ -65,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="SD 2.1 size, 256 px, bf16, CUDA")
-    parser.add_argument("--views", type=int, default=4, help="N views inverted jointly")
-    parser.add_argument("--steps", type=int, default=100, help="DDPM steps (paper: 100)")
-    parser.add_argument("--skip", type=int, default=36, help="T_skip of the edit (paper: 36)")
+    parser.add_argument("--views", type=positive_int, default=4, help="N views inverted jointly")
+    parser.add_argument("--steps", type=positive_int, default=100, help="DDPM steps (paper: 100)")
+    parser.add_argument(
+        "--skip", type=nonnegative_int, default=36, help="T_skip of the edit (paper: 36)"
+    )
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --full)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if args.full else "cpu")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cli_args import positive_int
 from viewdiff.config import ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.tiny import build_unet, sd21_base_unet_config, unet_config
@@ -129,11 +130,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="SD 2.1 base size, 256 px, bf16, CUDA")
-    parser.add_argument("--views", type=int, default=5, help="N views per object")
-    parser.add_argument("--objects", type=int, default=1, help="objects per batch")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--views", type=positive_int, default=5, help="N views per object")
+    parser.add_argument("--objects", type=positive_int, default=1, help="objects per batch")
+    parser.add_argument(
+        "--steps", type=positive_int, default=3, help="timed steps per configuration"
+    )
     parser.add_argument("--sizes", nargs="+", choices=("tiny", "mid"), default=["tiny", "mid"])
-    parser.add_argument("--resolutions", nargs="+", type=int, help="image sizes (px)")
+    parser.add_argument("--resolutions", nargs="+", type=positive_int, help="image sizes (px)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --full)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default fp32; bf16 with --full")

@@ -18,6 +18,7 @@ import time
 import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cli_args import positive_int
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, random_scene
 from viewdiff.scene.render import render
@@ -106,10 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--gpu", action="store_true", help="CUDA: torch and gsplat backends")
     parser.add_argument("--fit", action="store_true", help="time the 64 px fitting check")
-    parser.add_argument("--gaussians", type=int, nargs="+", default=[1000, 10000, 100000])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per configuration")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--gaussians", type=positive_int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 128, 256])
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed passes per configuration"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

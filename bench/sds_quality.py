@@ -30,6 +30,7 @@ from PIL import Image  # noqa: E402
 
 import infer  # noqa: E402
 from viewdiff.cameras_json import write_cameras  # noqa: E402
+from viewdiff.cli_args import positive_int
 from viewdiff.scene.gaussians import read_gaussian_ply  # noqa: E402
 from viewdiff.scene.losses import psnr  # noqa: E402
 from viewdiff.scene.render import render  # noqa: E402
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=TOY_MULTIVIEW)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-sds"))
     parser.add_argument("--prompts", nargs="+", default=["a red ball", "a blue box"])
-    parser.add_argument("--steps", type=int, help="SDS steps (default: the preset's 500)")
+    parser.add_argument("--steps", type=positive_int, help="SDS steps (default: the preset's 500)")
     parser.add_argument("--quick", action="store_true", help="a few steps each (the test)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)

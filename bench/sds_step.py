@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # random_prior, beside
 import torch  # noqa: E402
 from random_prior import random_export  # noqa: E402
 
+from viewdiff.cli_args import positive_int
 from viewdiff.inference.load import load_export  # noqa: E402
 from viewdiff.sds.cameras import CameraRanges  # noqa: E402
 from viewdiff.sds.config import SdsConfig  # noqa: E402
@@ -63,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="SD 2.1 size, 256 px, bf16, CUDA")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per prior")
-    parser.add_argument("--views", type=int, default=4, help="N views per group")
-    parser.add_argument("--gaussians", type=int, default=4096, help="Gaussians of the scene")
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per prior")
+    parser.add_argument("--views", type=positive_int, default=4, help="N views per group")
+    parser.add_argument(
+        "--gaussians", type=positive_int, default=4096, help="Gaussians of the scene"
+    )
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --full)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if args.full else "cpu")

@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
 
+from viewdiff.cli_args import positive_int
 from viewdiff.config import DataConfig  # noqa: E402
 from viewdiff.data.toy_objects import toy_prompts  # noqa: E402
 from viewdiff.inference.evaluate import summarize, view_metrics  # noqa: E402
@@ -66,12 +67,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=TOY_MULTIVIEW, help="toy prior export")
     parser.add_argument("--work", type=Path, default=Path("runs/toy-quality"), help="work folder")
     parser.add_argument(
-        "--samples-per-prompt", type=int, default=4, help="toy SD images per prompt"
+        "--samples-per-prompt", type=positive_int, default=4, help="toy SD images per prompt"
     )
-    parser.add_argument("--consistency-prompts", type=int, default=6, help="objects fitted, x2")
-    parser.add_argument("--eval-objects", type=int, default=30, help="held-out objects (eval)")
-    parser.add_argument("--calibration-objects", type=int, default=3, help="real objects fitted")
-    parser.add_argument("--fit-iterations", type=int, default=CONSISTENCY_FIT.iterations)
+    parser.add_argument(
+        "--consistency-prompts", type=positive_int, default=6, help="objects fitted, x2"
+    )
+    parser.add_argument(
+        "--eval-objects", type=positive_int, default=30, help="held-out objects (eval)"
+    )
+    parser.add_argument(
+        "--calibration-objects", type=positive_int, default=3, help="real objects fitted"
+    )
+    parser.add_argument("--fit-iterations", type=positive_int, default=CONSISTENCY_FIT.iterations)
     parser.add_argument("--quick", action="store_true", help="fewer of everything (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:

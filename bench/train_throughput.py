@@ -32,6 +32,7 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTokenizer
 
+from viewdiff.cli_args import nonnegative_float, nonnegative_int, positive_int
 from viewdiff.config import Config, load_config
 from viewdiff.data.shards import ShardOptions, write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
@@ -219,18 +220,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--full", action="store_true", help="SD 2.1 base size, 256 px, bf16, CUDA")
     parser.add_argument("--sizes", nargs="+", choices=("tiny", "mid", "sd21"))
-    parser.add_argument("--views", type=int, help="N views per object (default 4; 5 with --full)")
-    parser.add_argument("--batch", type=int, help="objects per step (default 1; 4 with --full)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per size")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument(
+        "--views", type=positive_int, help="N views per object (default 4; 5 with --full)"
+    )
+    parser.add_argument(
+        "--batch", type=positive_int, help="objects per step (default 1; 4 with --full)"
+    )
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per size")
+    parser.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed steps first")
+    parser.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers")
     parser.add_argument("--device", help="cpu or cuda (default: cpu; cuda with --full)")
     parser.add_argument(
         "--dtype", choices=list(COMPUTE_DTYPES), help="no (fp32) or bf16 with --full"
     )
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mode", choices=("full", "lora", "new_layers"), help="train.mode")
-    parser.add_argument("--peak-tflops", type=float, help="peak of the device for the MFU")
+    parser.add_argument(
+        "--peak-tflops", type=nonnegative_float, help="peak of the device for the MFU"
+    )
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from viewdiff.cli_args import positive_int
 from viewdiff.editing.denoisers import load_editing_model  # noqa: E402
 from viewdiff.editing.metrics import edit_metrics  # noqa: E402
 from viewdiff.editing.trame import TrameEditor  # noqa: E402
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="red")
     parser.add_argument("--target", default="blue")
     parser.add_argument("--shape", default="ball")
-    parser.add_argument("--views", type=int, default=16, help="edit views on the orbit")
+    parser.add_argument("--views", type=positive_int, default=16, help="edit views on the orbit")
     parser.add_argument("--variants", default="full,no_tas,no_vcac,ddpm")
     parser.add_argument("--quick", action="store_true", help="tiny settings (the test)")
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from viewdiff.cli_args import check_output_folder, int_in, positive_int
 from viewdiff.data.co3d import list_subsets, read_category
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.data.synthetic_objects import STYLES
@@ -29,6 +30,8 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 160x120, got {text!r}") from None
+    if not (8 <= width <= 4096 and 8 <= height <= 4096):
+        raise argparse.ArgumentTypeError(f"width and height must be in [8, 4096], got {text!r}")
     return width, height
 
 
@@ -45,14 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted({c for categories in STYLES.values() for c in categories}),
         help="categories of the style (default: all of them)",
     )
-    parser.add_argument("--sequences", type=int, default=2, help="sequences per category")
-    parser.add_argument("--frames", type=int, default=20, help="frames per sequence")
+    parser.add_argument("--sequences", type=positive_int, default=2, help="sequences per category")
+    parser.add_argument(
+        "--frames", type=int_in(2, 1000), default=20, help="frames per sequence (2 .. 1000)"
+    )
     parser.add_argument("--size", type=parse_size, default=(160, 120), help="image WxH")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--points", type=int, default=2000, help="points per pointcloud.ply")
+    parser.add_argument(
+        "--points", type=positive_int, default=2000, help="points per pointcloud.ply"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing categories")
     args = parser.parse_args(argv)
     try:
+        check_output_folder(args.out)
         root = make_synthetic_dataset(
             args.out, args.categories, args.sequences, args.frames, args.size, args.seed,
             args.points, args.overwrite, args.style,

@@ -18,6 +18,7 @@ from PIL import Image, ImageChops, ImageDraw
 from torch import Tensor
 
 from viewdiff.cameras import resize_intrinsics
+from viewdiff.cli_args import pixel_size, positive_int, view_count
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import read_manifest
 from viewdiff.data.stream import build_loader
@@ -58,18 +59,23 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", required=True, help="shard folder or webdataset URL")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--n-views", type=int, default=4, help="views per object (columns)")
-    parser.add_argument("--batch-size", type=int, default=4, help="objects (rows)")
+    parser.add_argument("--n-views", type=view_count, default=4, help="views per object (columns)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="objects (rows)")
     parser.add_argument("--view-sampling", choices=("random", "spread"), default="spread")
-    parser.add_argument("--image-size", type=int, help="view size (default: the manifest's)")
-    parser.add_argument("--display-size", type=int, default=192, help="drawn size of a view")
+    parser.add_argument("--image-size", type=pixel_size, help="view size (default: the manifest's)")
+    parser.add_argument("--display-size", type=pixel_size, default=192, help="drawn size of a view")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; give the PNG file to write")
     size = args.image_size
     if size is None:
         if not Path(args.shards).is_dir():
-            parser.error("--image-size is needed when --shards is a URL, not a shard folder")
-        size = read_manifest(args.shards)["image_size"]
+            parser.error(f"--shards {args.shards}: not a shard folder (a URL needs --image-size)")
+        try:
+            size = read_manifest(args.shards)["image_size"]
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
     data = DataConfig(
         shards=args.shards,
         image_size=size,

@@ -55,7 +55,10 @@ INFER_CASES = {
          "{zero_focal}"], "zero-focal.json: view 0: focal lengths must be positive"),
     "sample: guidance nan": (
         ["sample", "--checkpoint", "{export}", "--prompt", "a", "--out", "{dir}/o4",
-         "--guidance", "nan"], "guidance_scale must be finite"),
+         "--guidance", "nan"], "argument --guidance: must be a finite number, got nan"),
+    "sample: --views past its bound": (
+        ["sample", "--checkpoint", "{export}", "--prompt", "a", "--out", "{dir}/o4", "--views",
+         "1001"], "argument --views: must be at most 1000"),
     "sample: cuda without cuda": (
         ["sample", "--checkpoint", "{export}", "--prompt", "a", "--out", "{dir}/o5", "--device",
          "cuda"], "CUDA is not available"),
@@ -117,5 +120,72 @@ def test_prepare_co3d(case, files, capsys):
     prepare = runpy.run_path(str(REPO / "data/prepare_co3d.py"))
     with pytest.raises(SystemExit) as exit_info:
         prepare["main"]([*[a.format(**names) for a in argv], "--out", f"{files['dir']}/shards"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error, error
+
+
+SCRIPT_CASES = {
+    "make_synthetic: --out is a file": (
+        "data/make_synthetic.py", ["--out", "{file}"], "is a file, not a folder"),
+    "make_synthetic: one frame": (
+        "data/make_synthetic.py", ["--out", "{dir}/s", "--frames", "1"],
+        "argument --frames: must be at least 2"),
+    "make_synthetic: size 0x0": (
+        "data/make_synthetic.py", ["--out", "{dir}/s", "--size", "0x0"], "in [8, 4096]"),
+    "make_synthetic: --sequences 0": (
+        "data/make_synthetic.py", ["--out", "{dir}/s", "--sequences", "0"],
+        "argument --sequences: must be at least 1"),
+    "preview_batch: no manifest": (
+        "data/preview_batch.py", ["--shards", "{dir}", "--out", "{dir}/p.png"],
+        "no shard manifest"),
+    "preview_batch: --out is a folder": (
+        "data/preview_batch.py", ["--shards", "{dir}", "--out", "{dir}"], "is a folder"),
+    "preview_batch: --n-views 0": (
+        "data/preview_batch.py", ["--shards", "{dir}", "--out", "{dir}/p.png", "--n-views", "0"],
+        "argument --n-views: must be at least 1"),
+    "bench: --steps 0": (
+        "bench/sds_step.py", ["--steps", "0"], "argument --steps: must be at least 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SCRIPT_CASES))
+def test_scripts(case, files, capsys):
+    script, argv, message = SCRIPT_CASES[case]
+    names = {k: str(v) for k, v in files.items()}
+    main = runpy.run_path(str(REPO / script))["main"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(**names) for a in argv])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error, error
+
+
+MODULE_CASES = {
+    "toy pretrain: no manifest": (
+        "viewdiff.toy", ["pretrain", "--shards", "{dir}", "--heldout", "{dir}", "--out", "{dir}/t"],
+        "no manifest.json"),
+    "toy pretrain: --unet-steps 0": (
+        "viewdiff.toy", ["pretrain", "--shards", "{dir}", "--heldout", "{dir}", "--out", "{dir}/t",
+                         "--unet-steps", "0"], "argument --unet-steps: must be at least 1"),
+    "toy ship: no base": (
+        "viewdiff.toy", ["ship", "--base", "{missing}", "--export", "{dir}", "--out", "{dir}/s"],
+        "no model_index.json"),
+    "toy picture: 17 views": (
+        "viewdiff.toy", ["picture", "--out", "{dir}/p.png", "--views", "17"],
+        "argument --views: must be at most 16"),
+    "tiny: out_dir is a file": ("viewdiff.tiny", ["{file}"], "out_dir"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MODULE_CASES))
+def test_modules(case, files, capsys):
+    import importlib
+
+    module, argv, message = MODULE_CASES[case]
+    names = {k: str(v) for k, v in files.items()}
+    main = importlib.import_module(
+        module if module != "viewdiff.toy" else "viewdiff.toy.__main__"
+    ).main
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(**names) for a in argv])
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in error, error

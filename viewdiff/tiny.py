@@ -32,6 +32,8 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
+from viewdiff.cli_args import check_output_folder
+
 Size = Literal["tiny", "toy", "mid"]
 
 # Per-size overrides on top of the SD 2.1 base configs. `attention_head_dim` is, as in SD 2.x,
@@ -338,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(_UNET_SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        check_output_folder(args.out_dir, "out_dir")
+    except ValueError as error:
+        parser.error(str(error))
     out = build_tiny_pipeline(args.out_dir, size=args.size, seed=args.seed)
     counts = {name: count_params(out / name) for name in ("unet", "vae", "text_encoder")}
     summary = ", ".join(f"{name} {n / 1e6:.2f}M" for name, n in counts.items())

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from viewdiff.cli_args import check_output_folder, int_in, positive_int
 from viewdiff.inference.load import load_export
 from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW
 from viewdiff.toy.pretrain import PretrainConfig, pretrain
@@ -30,12 +31,15 @@ def add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--heldout", type=Path, required=True, help="held-out toy shard folder")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if present)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=VaeTraining.steps)
-    parser.add_argument("--vae-batch-size", type=int, default=VaeTraining.batch_size)
-    parser.add_argument("--unet-steps", type=int, default=UNetTraining.steps)
-    parser.add_argument("--unet-batch-size", type=int, default=UNetTraining.batch_size)
+    parser.add_argument("--vae-steps", type=positive_int, default=VaeTraining.steps)
+    parser.add_argument("--vae-batch-size", type=positive_int, default=VaeTraining.batch_size)
+    parser.add_argument("--unet-steps", type=positive_int, default=UNetTraining.steps)
+    parser.add_argument("--unet-batch-size", type=positive_int, default=UNetTraining.batch_size)
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads (default: torch's own choice)",
     )
     parser.set_defaults(run=run_pretrain)
 
@@ -45,10 +49,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     for name in ("shards", "heldout"):
         if not (getattr(args, name) / "manifest.json").is_file():
             raise ValueError(f"--{name} {getattr(args, name)}: no manifest.json (a shard folder?)")
-    if min(args.vae_steps, args.unet_steps, args.vae_batch_size, args.unet_batch_size) < 1:
-        raise ValueError("steps and batch sizes must be >= 1")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a file")
+    check_output_folder(args.out)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = PretrainConfig(
@@ -72,6 +73,7 @@ def add_ship_command(commands: argparse._SubParsersAction) -> None:
 
 def run_ship(args: argparse.Namespace) -> int:
     """Ship and print the size."""
+    check_output_folder(args.out)
     report = args.base.parent / "pretrain.json"
     provenance = {
         "made_by": "make toy (see the README)",
@@ -91,16 +93,20 @@ def add_picture_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, default=TOY_MULTIVIEW, help="(the shipped)")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--prompts", nargs="+", default=PICTURE_PROMPTS, help="one row each")
-    parser.add_argument("--views", type=int, default=8, help="views on the default orbit")
-    parser.add_argument("--scale", type=int, default=2, help="pixel repetition of the picture")
+    parser.add_argument(
+        "--views", type=int_in(1, 16), default=8, help="views on the default orbit (1 .. 16)"
+    )
+    parser.add_argument(
+        "--scale", type=int_in(1, 16), default=2, help="pixel repetition of the picture"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run_picture)
 
 
 def run_picture(args: argparse.Namespace) -> int:
     """Generate and save the grid."""
-    if not 1 <= args.views <= 16 or args.scale < 1:
-        raise ValueError("--views must be in [1, 16] and --scale >= 1")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the PNG file to write")
     prior = load_export(args.checkpoint)
     settings = prior.info.config.sample
     cameras = toy_orbit(settings, args.views, prior.info.config.data.image_size)
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
 
 
