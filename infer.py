@@ -8,9 +8,12 @@ Commands:
             many views): PNGs, a grid, a turntable GIF/MP4 and cameras.json
   condition generate novel views of the object in one or more input images, same outputs
   eval      novel-view synthesis on held-out shards: PSNR/SSIM with and without masks
+  fit       fit a 3D Gaussian scene (3DGS PLY) to a folder of generated views
+  export    a folder of generated views for nerfstudio / instant-ngp (transforms.json) or COLMAP
   sds       text-to-3D / image-to-3D: distil a 3D Gaussian scene by score distillation
   invert    edit-friendly DDPM inversion of real views (one, or N posed views jointly)
   edit      regenerate an inversion with a target prompt
+  edit-scene  TrAME: edit a 3D Gaussian scene with the multi-view prior
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ from viewdiff.inference.trajectory import (
     read_trajectory,
 )
 from viewdiff.sampling import SCHEDULERS
+from viewdiff.scene.export_cli import add_export_command
+from viewdiff.scene.fit_cli import add_fit_command
 from viewdiff.scene.gaussians import read_gaussian_ply
 from viewdiff.scene.turntable import mp4_available, render_turntable, save_turntable
 from viewdiff.sds.cli import add_sds_command
@@ -424,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     add_sample_command(commands)
     add_condition_command(commands)
     add_eval_command(commands)
+    add_fit_command(commands)
+    add_export_command(commands)
     add_sds_command(commands)
     add_invert_command(commands)
     add_edit_command(commands)
