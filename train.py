@@ -125,17 +125,24 @@ class Run:
 
 
 def make_accelerator(config: Config) -> Accelerator:
-    """The accelerator: ranks from the environment, precision, accumulation, tensorboard."""
+    """The accelerator: ranks from the environment, precision (the config's, else accelerate's
+    own), accumulation, the trackers of train.report_to."""
     output_dir = Path(config.train.output_dir)
     return Accelerator(
         cpu=not torch.cuda.is_available(),  # on CPUs accelerate runs ranks (gloo) only when told
-        mixed_precision=config.train.mixed_precision,
+        mixed_precision=config.train.mixed_precision,  # None: accelerate launch's / config's
         gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-        log_with="tensorboard",
+        log_with=list(config.train.report_to) or None,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
         ),
     )
+
+
+def with_chosen_precision(config: Config, accelerator: Accelerator) -> Config:
+    """The config with the precision the accelerator runs in, as config.json records it."""
+    train = dataclasses.replace(config.train, mixed_precision=accelerator.mixed_precision)
+    return dataclasses.replace(config, train=train)
 
 
 def start_run_folder(accelerator: Accelerator, config: Config) -> None:
@@ -202,6 +209,8 @@ def set_up(config: Config, checkpoint: Path | None) -> Run:
     train = config.train
     # Accelerator: ranks from the launcher's environment, precision, accumulation, tensorboard.
     accelerator = make_accelerator(config)
+    config = with_chosen_precision(config, accelerator)
+    train = config.train
     start_run_folder(accelerator, config)
     set_seed(train.seed)  # the added layers' initialisation
     # Base pipeline: frozen VAE and text encoder; the training noise schedule.

@@ -34,7 +34,7 @@ def test_help_lists_every_key_with_its_documentation():
     text = "\n".join(describe_fields(cfg.Config))
     assert "train.learning_rate (float, default 5e-05)" in text
     assert "AdamW learning rate of the UNet" in text
-    assert "train.mixed_precision ('no' | 'fp16' | 'bf16', default 'no')" in text
+    assert "train.mixed_precision ('no' | 'fp16' | 'bf16' | null, default None)" in text
 
 
 def test_presets_load():
@@ -46,7 +46,7 @@ def test_presets_load():
     # The defaults are the paper's settings; the preset only adds what a default cannot know.
     assert dataclasses.replace(paper, data=cfg.DataConfig()) == cfg.Config()
     tiny = cfg.load_config(CONFIGS / "tiny_cpu.yaml")
-    assert tiny.data.image_size % 8 == 0 and tiny.train.mixed_precision == "no"
+    assert tiny.data.image_size % 8 == 0 and tiny.train.mixed_precision is None
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -134,8 +134,29 @@ class TrainConfig:
     renderer_weight_decay: float = 0.0
     """AdamW weight decay of the volume renderer."""
 
+    lr_scheduler: Literal[
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "piecewise_constant",
+    ] = "constant_with_warmup"
+    """Learning-rate schedule over train.max_steps, by diffusers.optimization.get_scheduler
+    (as diffusers' training examples; reference: constant)."""
+
     lr_warmup_steps: int = 0
-    """Linear warm-up steps of the learning rate, constant afterwards (reference: none)."""
+    """Linear warm-up steps of the learning rate (diffusers' convention: step 0 runs at 0)."""
+
+    lr_num_cycles: int = 1
+    """Hard restarts of cosine_with_restarts."""
+
+    lr_power: float = 1.0
+    """Power of the polynomial decay."""
+
+    lr_step_rules: str = ""
+    """Rules of piecewise_constant, diffusers' format: "1:10,0.1:20,0.01" (factor:until_step)."""
 
     adam_beta1: float = 0.9
     """AdamW beta1."""
@@ -153,8 +174,15 @@ class TrainConfig:
     """Gradient clipping by global norm (the reference clips hard); 0 disables it, a negative
     value is an error."""
 
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Mixed precision of the forward/backward pass (the reference trains in fp32)."""
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    """Mixed precision of the forward/backward pass; null: what `accelerate launch
+    --mixed_precision` or `accelerate config` says ("no" without them), as diffusers' examples.
+    A value here overrides accelerate's. The run's config.json records the one used (the
+    reference trains in fp32)."""
+
+    report_to: tuple[str, ...] = ("tensorboard",)
+    """Experiment trackers through accelerate: tensorboard, wandb, comet_ml, mlflow, aim,
+    clearml, dvclive, swanlab, trackio, or all (every installed one); () logs nothing."""
 
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""

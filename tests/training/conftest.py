@@ -68,14 +68,15 @@ def subprocess_env() -> dict[str, str]:
     return dict(SUBPROCESS_ENV)
 
 
-# Runs that are interrupted and resumed: 8 steps of 2 micro-batches, warm-up, EMA, checkpoints
-# (and data segments) every 3 steps.
+# Runs that are interrupted and resumed: 8 steps of 2 micro-batches, warm-up and cosine decay,
+# EMA, checkpoints (and data segments) every 3 steps.
 RESUME_OVERRIDES = (
     "train.max_steps=8",
     "train.checkpoint_every=3",
     "train.checkpoints_keep=10",
     "train.gradient_accumulation_steps=2",
     "train.lr_warmup_steps=4",
+    "train.lr_scheduler=cosine",  # a rate that changes every step: resume must set the same
     "train.use_ema=true",
 )
 

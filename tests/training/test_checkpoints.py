@@ -1,12 +1,15 @@
-"""Checkpoint folders (complete, latest, pruned, interrupted), the export swap, EMA, warm-up."""
+"""Checkpoint folders (complete, latest, pruned, interrupted), the export swap, EMA, the
+learning-rate schedules."""
 
 import dataclasses
 import json
 
 import pytest
 import torch
+from diffusers.optimization import get_scheduler
 from torch import nn
 
+from viewdiff.config import TrainConfig
 from viewdiff.training.checkpoints import (
     STATE_FILE,
     TrainingState,
@@ -19,7 +22,7 @@ from viewdiff.training.checkpoints import (
 )
 from viewdiff.training.ema import EMA
 from viewdiff.training.export import recover_export
-from viewdiff.training.optim import learning_rate_factor
+from viewdiff.training.optim import learning_rate_schedule, set_learning_rates
 
 
 def fake_checkpoint(out, name, complete=True):
@@ -100,6 +103,27 @@ def test_ema_follows_the_parameters_with_warm_up_and_swaps_in(tmp_path):
         restored.load_state_dict({"updates": torch.tensor(1)})
 
 
-def test_learning_rate_warms_up_linearly_then_stays():
-    assert [learning_rate_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
-    assert learning_rate_factor(0, 0) == 1.0
+@pytest.mark.parametrize(
+    "name", ["constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+)
+def test_learning_rates_are_those_of_diffusers_get_scheduler_stepped_as_its_examples(name):
+    train = TrainConfig(
+        lr_scheduler=name, lr_warmup_steps=3, max_steps=12, lr_num_cycles=2, lr_power=2.0
+    )
+    ours = torch.optim.AdamW([{"params": [nn.Parameter(torch.zeros(1))], "base_lr": 5e-5}])
+    theirs = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=train.learning_rate)
+    schedule = get_scheduler(name, theirs, num_warmup_steps=3, num_training_steps=12,
+                             num_cycles=2, power=2.0)  # fmt: skip
+    seen = []
+    for step in range(12):  # optimizer.step(), then lr_scheduler.step(), as diffusers' examples
+        set_learning_rates(ours, step, train)
+        assert ours.param_groups[0]["lr"] == pytest.approx(schedule.get_last_lr()[0], rel=1e-12)
+        seen.append(ours.param_groups[0]["lr"])
+        theirs.step()
+        schedule.step()
+    assert seen[0] == 0.0 and max(seen) == pytest.approx(5e-5)
+
+
+def test_piecewise_constant_rules():
+    train = TrainConfig(lr_scheduler="piecewise_constant", lr_step_rules="1:2,0.1:4,0.01")
+    assert [learning_rate_schedule(train)(s) for s in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]

@@ -1,17 +1,21 @@
-"""AdamW over named parameter groups, and the learning-rate schedule (linear warm-up, constant).
+"""AdamW over named parameter groups, and the learning-rate schedule (diffusers' schedules).
 
 Groups (the reference's two learning rates): 'unet' (base weights or their peft LoRA) and
 'added' (pose LoRA, projection layers) at ``train.learning_rate``; 'renderer' (the projection
 layers' volume renderers) at ``train.renderer_learning_rate`` without weight decay by default.
 
-The schedule is a pure function of the step (no scheduler object): a resumed run sets the same
-learning rates without any saved schedule state, and the rate never depends on how many
-processes step it.
+The schedule is a pure function of the step (diffusers' lambda, no scheduler state): a resumed
+run sets the same learning rates without any saved schedule state, and the rate never depends
+on how many processes step it.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
+from diffusers.optimization import get_scheduler
 from torch import nn
 
 from viewdiff.config import TrainConfig
@@ -51,16 +55,28 @@ def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.AdamW
     )
 
 
-def learning_rate_factor(step: int, warmup_steps: int) -> float:
-    """Factor of the base learning rate at (0-based) ``step``: linear warm-up, then 1."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
+@functools.lru_cache(maxsize=8)
+def learning_rate_schedule(train: TrainConfig) -> Callable[[int], float]:
+    """The factor of the base learning rates at each (0-based) optimiser step, from diffusers'
+    ``get_scheduler`` (its lambda only: a pure function of the step)."""
+    # The lambda reads the optimiser's default lr once (polynomial: lr_end is absolute), so a
+    # stand-in optimiser at the main learning rate gives every group the same factor.
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train.learning_rate)
+    scheduler = get_scheduler(
+        train.lr_scheduler,
+        stand_in,
+        step_rules=train.lr_step_rules or None,
+        num_warmup_steps=train.lr_warmup_steps,
+        num_training_steps=train.max_steps,
+        num_cycles=train.lr_num_cycles,
+        power=train.lr_power,
+    )
+    return scheduler.lr_lambdas[0]
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, train: TrainConfig) -> None:
     """Set every group's learning rate for ``step``."""
-    factor = learning_rate_factor(step, warmup_steps)
+    factor = learning_rate_schedule(train)(step)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
 

@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 
 import torch
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from viewdiff.cli_args import check_output_folder
-from viewdiff.config import Config, ConfigError, ModelConfig, read_config_json
+from viewdiff.config import Config, ConfigError, ModelConfig, TrainConfig, read_config_json
 from viewdiff.data.stream import shard_urls
 from viewdiff.training.checkpoints import (
     checkpoints_dir,
@@ -23,10 +24,12 @@ from viewdiff.training.checkpoints import (
     read_training_state,
     resolve_resume,
 )
+from viewdiff.training.optim import learning_rate_schedule
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # How the model runs, not what it is: may differ between a checkpoint and the run resuming it.
 RUNTIME_MODEL_FIELDS = ("attention_backend", "projection_checkpointing")
+ACCELERATE_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
 _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # pipe:, http://, s3://, gs://, ...
 
 
@@ -64,8 +67,51 @@ def check_train_values(config: Config) -> None:
         )
     if train.validate_every and train.validation_inference_steps < 1:
         raise InputError("train.validation_inference_steps must be at least 1")
-    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise InputError("train.mixed_precision=fp16 needs a CUDA device; use bf16 or no on a CPU")
+    precision = chosen_precision(train)
+    if precision not in ("no", "fp16", "bf16"):
+        raise InputError(
+            f"accelerate's mixed_precision={precision} is not supported here: no, fp16 or bf16 "
+            "(set train.mixed_precision, or `accelerate launch --mixed_precision`)"
+        )
+    if precision == "fp16" and not torch.cuda.is_available():
+        where = "train.mixed_precision" if train.mixed_precision else "accelerate's mixed_precision"
+        raise InputError(f"{where}=fp16 needs a CUDA device; use bf16 or no on a CPU")
+    check_schedule_values(config)
+    check_trackers(train.report_to)
+
+
+def chosen_precision(train: TrainConfig) -> str:
+    """The mixed precision the run will use: train.mixed_precision, else accelerate's (the
+    ``ACCELERATE_MIXED_PRECISION`` that `accelerate launch` sets from its flag or config)."""
+    return train.mixed_precision or os.environ.get(ACCELERATE_PRECISION_ENV, "no").lower()
+
+
+def check_schedule_values(config: Config) -> None:
+    """The learning-rate schedule builds (diffusers' own checks, e.g. of piecewise rules)."""
+    train = config.train
+    if train.lr_num_cycles < 1 or not train.lr_power > 0:
+        raise InputError(
+            f"train.lr_num_cycles must be >= 1 and train.lr_power > 0, got "
+            f"{train.lr_num_cycles} and {train.lr_power}"
+        )
+    try:
+        learning_rate_schedule(train)(0)
+    except (ValueError, IndexError) as error:
+        raise InputError(f"train.lr_scheduler={train.lr_scheduler}: {error}") from None
+
+
+def check_trackers(names: tuple[str, ...]) -> None:
+    """Every tracker in train.report_to is one accelerate knows and is installed here
+    (accelerate would drop a missing one silently)."""
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in names:
+        if name == "all":
+            continue
+        if name not in LOGGER_TYPE_TO_CLASS:
+            known = ", ".join(["all", *LOGGER_TYPE_TO_CLASS])
+            raise InputError(f"train.report_to: unknown tracker {name!r}; known: {known}")
+        if name not in available:
+            raise InputError(f"train.report_to: {name} is not installed here (pip install {name})")
 
 
 def check_optimiser_values(config: Config) -> None:

@@ -100,7 +100,7 @@ def micro_batch_loss(parts: TrainingParts, batch: dict, generator: torch.Generat
 def train_step(parts: TrainingParts, batches: list[dict], step: int) -> StepOutcome:
     """Accumulate the micro-batches' gradients, then update once (all ranks in lockstep)."""
     accelerator, optimizer, train = parts.accelerator, parts.optimizer, parts.train
-    set_learning_rates(optimizer, step, train.lr_warmup_steps)
+    set_learning_rates(optimizer, step, train)
     losses = []
     for micro_batch, batch in enumerate(batches):
         generator = step_generator(train.seed, accelerator.process_index, step, micro_batch)

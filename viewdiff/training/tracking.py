@@ -104,7 +104,10 @@ def summary_line(step: int, max_steps: int, scalars: dict[str, float], ranks: in
 
 
 def tensorboard_writer(accelerator: Accelerator) -> Any:
-    """The tensorboard SummaryWriter of the main rank (None elsewhere)."""
+    """The tensorboard SummaryWriter of the main rank (None elsewhere, or without tensorboard
+    in train.report_to: then images and text go only to the trackers that take them)."""
     if not accelerator.is_main_process:
+        return None
+    if "tensorboard" not in [tracker.name for tracker in accelerator.trackers]:
         return None
     return accelerator.get_tracker("tensorboard", unwrap=True)
