@@ -178,12 +178,27 @@ def apply_override(root: type, values: dict[str, Any], override: str) -> None:
             cls, node = hints[name], node[name]
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A preset's contents as a mapping; errors name the file."""
+PACKAGED_PRESETS = Path(__file__).resolve().parent / "configs"
+"""The presets shipped in the package (the repository's configs/ links here)."""
+
+
+def preset_path(path: str | Path) -> Path:
+    """``path`` if it is a file, else the packaged preset of that name (``co3d_sd21.yaml`` or
+    ``configs/co3d_sd21.yaml`` from any folder, as an installed viewdiff-train needs)."""
     path = Path(path)
+    packaged = PACKAGED_PRESETS / path.name
+    if not path.is_file() and path.parent in (Path(), Path("configs")) and packaged.is_file():
+        return packaged
+    return path
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A preset's contents as a mapping (a path, or a packaged preset's name); errors name the
+    file."""
+    path = preset_path(path)
     if not path.is_file():
-        presets = sorted(str(p) for p in Path("configs").glob("*.yaml"))
-        known = f" (presets here: {', '.join(presets)})" if presets else ""
+        presets = sorted(p.name for p in PACKAGED_PRESETS.glob("*.yaml"))
+        known = f" (packaged presets: {', '.join(presets)})" if presets else ""
         raise ConfigError(f"config file not found: {path}{known}")
     try:
         with path.open() as stream:  # a stream, so that YAML errors name the file

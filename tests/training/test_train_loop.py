@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+import viewdiff.commands.train
 import viewdiff.training.step
 from viewdiff.config import load_config, read_config_json, save_config
 from viewdiff.model import load_multiview_unet
@@ -170,7 +171,7 @@ def no_compute(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("compute started before the input error was reported")
 
-    monkeypatch.setattr(train, "set_up", refuse)
+    monkeypatch.setattr(viewdiff.commands.train, "set_up", refuse)
 
 
 @pytest.mark.parametrize(

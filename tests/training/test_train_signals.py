@@ -59,7 +59,8 @@ def test_a_stop_signal_before_the_loop_exits_3_not_by_signal(run_args, subproces
     # During the preflight (train.py's checks of the inputs): SIGUSR1.
     args = run_args(tmp_path / "run")
     during = (
-        "import os, signal, train\n"
+        "import os, signal\n"
+        "import viewdiff.commands.train as train\n"
         "def checks(config):\n"
         "    os.kill(os.getpid(), signal.SIGUSR1)\n"
         "    raise AssertionError('the signal did not stop the run')\n"
