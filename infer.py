@@ -28,9 +28,11 @@ import torch
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
 from viewdiff.cli_args import (
+    BASE_HELP,
     MAX_VIEWS,
     check_output_folder,
     denoising_steps,
+    existing_folder,
     field_of_view,
     finite_float,
     int_in,
@@ -178,6 +180,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="inference export (<output_dir>/model)"
     )
+    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     sampler = parser.add_argument_group("sampler (defaults: the export's sample.* config)")
     sampler.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (unipc)")
@@ -264,7 +267,8 @@ def trajectory_of(
 
 def load_prior(args: argparse.Namespace) -> MultiViewPrior:
     """The export on the chosen device, in the chosen dtype."""
-    return load_export(args.checkpoint, chosen_device(args.device), DTYPES[args.dtype])
+    device = chosen_device(args.device)
+    return load_export(args.checkpoint, device, DTYPES[args.dtype], base=args.base)
 
 
 def generation_info(
@@ -297,7 +301,7 @@ def add_sample_command(commands: argparse._SubParsersAction) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     """Generate every prompt's views; one folder per prompt (``--out`` itself for --prompt)."""
     check_output_folder(args.out)  # first: --out that is a file fails before any compute
-    export = read_export(args.checkpoint)  # everything is checked before any model is built
+    export = read_export(args.checkpoint, args.base)  # all is checked before any model is built
     settings = sample_settings(args, export)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     trajectory = trajectory_of(args, args.cameras, export, settings)
@@ -354,7 +358,7 @@ def given_views(
 def run_condition(args: argparse.Namespace) -> None:
     """Generate the trajectory's views with the input images given clean."""
     check_output_folder(args.out)  # first: --out that is a file fails before any compute
-    export = read_export(args.checkpoint)
+    export = read_export(args.checkpoint, args.base)
     settings = sample_settings(args, export)
     trajectory = trajectory_of(args, args.trajectory, export, settings)
     images, cameras = given_views(args, trajectory, settings)
@@ -392,7 +396,7 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     """Evaluate, write eval.json and compare/*.png, print the table."""
     check_output_folder(args.out)  # first: --out that is a file fails before any compute
-    export = read_export(args.checkpoint)
+    export = read_export(args.checkpoint, args.base)
     settings = sample_settings(args, export)
     data = dataclasses.replace(
         export.config.data,

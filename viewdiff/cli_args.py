@@ -118,3 +118,18 @@ def check_output_folder(path: Path, name: str = "--out") -> None:
         raise ValueError(f"{name} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {path}: {existing} is not writable")
+
+
+BASE_HELP = (
+    "the export's base pipeline (a diffusers SD folder), if it is neither beside the export "
+    "nor where training read it"
+)
+"""``--base DIR`` of every command that loads an export."""
+
+
+def existing_folder(text: str) -> Path:
+    """A path that is a folder (``--base DIR``)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return path

@@ -2,11 +2,13 @@
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
+import infer
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
 from viewdiff.config import Config, DataConfig, TrainConfig
 from viewdiff.diffusion import noise_scheduler
@@ -73,34 +75,77 @@ def test_incomplete_exports_and_training_checkpoints_are_refused(tiny_export, tm
         read_export(broken)
 
 
-def test_an_export_moved_with_its_base_still_finds_it(tiny_sd, tmp_path, monkeypatch):
-    # Trained from a base given as a path relative to the working directory (as make demo does).
-    run, base = tmp_path / "run", tmp_path / "bases" / "tiny-sd"
-    shutil.copytree(tiny_sd, base)
+def relative_base_export(tmp_path, monkeypatch, base_dir: str = "bases/tiny-sd"):
+    """A new-layers export trained from a base given relative to the working directory (as
+    make demo does): ``tmp_path/run/model`` from ``tmp_path/bases/tiny-sd``."""
     monkeypatch.chdir(tmp_path)
     config = Config(
-        model=dataclasses.replace(
-            Config().model, pretrained_model="bases/tiny-sd", **MODEL_SETTINGS
-        ),  # fmt: skip
+        model=dataclasses.replace(Config().model, pretrained_model=base_dir, **MODEL_SETTINGS),
         data=DataConfig(image_size=64),
         train=TrainConfig(output_dir="run", mode="new_layers"),
     )
-    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    unet = UNet2DConditionModel.from_pretrained(Path(base_dir) / "unet")
     model = build_training_model(unet, config.model, "new_layers", gradient_checkpointing=False)
-    schedule = noise_scheduler(dict(DDPMScheduler.load_config(base / "scheduler")), False,
-                               "epsilon")  # fmt: skip
-    export_model(model, config, schedule, step=1)
-    # Both move elsewhere, and inference runs from yet another folder.
-    moved = tmp_path / "elsewhere"
-    shutil.move(run, moved / "run")
-    shutil.move(tmp_path / "bases", moved / "bases")
+    schedule = noise_scheduler(dict(DDPMScheduler.load_config(Path(base_dir) / "scheduler")),
+                               False, "epsilon")  # fmt: skip
+    return export_model(model, config, schedule, step=1).resolve()
+
+
+def test_an_export_finds_its_base_from_any_working_directory(tiny_sd, tmp_path, monkeypatch):
+    base = tmp_path / "bases" / "tiny-sd"
+    shutil.copytree(tiny_sd, base)
+    export = relative_base_export(tmp_path, monkeypatch)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
+    # The export alone, elsewhere: its base at the absolute path training read it from.
+    alone = tmp_path / "shared" / "model"
+    shutil.copytree(export, alone)
+    assert read_export(alone).pretrained_model == str(base)
+    # Export and base moved together: the base beside it.
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "run", moved / "run")
+    shutil.move(tmp_path / "bases", moved / "bases")
     info = read_export(moved / "run" / "model")
     assert info.pretrained_model == str(moved / "bases" / "tiny-sd")
     assert load_export(moved / "run" / "model").model is not None
-    # Without its base beside it, the export names the base path it was trained from.
-    shutil.rmtree(moved / "bases")
-    assert read_export(moved / "run" / "model").pretrained_model == "bases/tiny-sd"
-    with pytest.raises(ValueError, match="cannot load the base model's unet from 'bases/tiny-sd'"):
-        load_export(moved / "run" / "model")
+    # Without its base anywhere: refused before any weight is loaded, unless given one.
+    with pytest.raises(ValueError, match="is neither at .* nor at .*; pass its folder with --base"):
+        read_export(alone)
+    prior = load_export(alone, base=moved / "bases" / "tiny-sd")
+    assert prior.info.pretrained_model == str(moved / "bases" / "tiny-sd")
+
+
+def test_a_base_that_changed_is_refused_and_base_overrides_with_a_warning(
+    tiny_sd, tmp_path, monkeypatch
+):
+    base = tmp_path / "bases" / "tiny-sd"
+    shutil.copytree(tiny_sd, base)
+    export = relative_base_export(tmp_path, monkeypatch)
+    # Another base saved at the same path (here: another VAE config).
+    vae_config = base / "vae" / "config.json"
+    vae_config.write_text(vae_config.read_text().replace('"sample_size"', '"sample_size" '))
+    with pytest.raises(
+        ValueError,
+        match=r"bases/tiny-sd \(its text_encoder/, tokenizer/.*"
+        r"is not the one the export was trained from",
+    ):
+        read_export(export)
+    with pytest.warns(UserWarning, match="is not the one the export was trained from"):
+        assert read_export(export, base=base).pretrained_model == str(base)
+
+
+def test_infer_takes_the_base_from_the_base_flag(tiny_sd, tmp_path, monkeypatch, capsys):
+    shutil.copytree(tiny_sd, tmp_path / "bases" / "tiny-sd")
+    export = relative_base_export(tmp_path, monkeypatch)
+    shutil.move(tmp_path / "bases", tmp_path / "moved")
+    argv = ["sample", "--checkpoint", str(export), "--prompt", "a box", "--views", "2",
+            "--steps", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main(argv)
+    assert exit_info.value.code == 2
+    assert "pass its folder with --base DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        infer.main([*argv, "--base", str(tmp_path / "nothing")])
+    assert "argument --base:" in capsys.readouterr().err  # argparse's exit 2, before any load
+    assert infer.main([*argv, "--base", str(tmp_path / "moved" / "tiny-sd")]) == 0
+    assert len(list((tmp_path / "out" / "views").glob("view_*.png"))) == 2

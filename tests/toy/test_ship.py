@@ -57,6 +57,7 @@ def test_shipped_world_is_fp16_finds_its_base_and_predicts_as_before(run, tmp_pa
     assert dtypes(out / "sd" / "text_encoder" / "model.safetensors") == {"F32"}
     base_model = json.loads((out / "multiview" / "base_model.json").read_text())
     assert base_model["pretrained_model_from_export"] == "../sd"
+    assert "pretrained_model_path" not in base_model  # no path of the shipping machine
     assert json.loads((out / "provenance.json").read_text()) == {"made_by": "a test"}
     shipped, original = load_export(out / "multiview"), load_export(export)
     assert Path(shipped.info.pretrained_model).resolve() == (out / "sd").resolve()
@@ -74,6 +75,11 @@ def test_shipping_refuses_wrong_folders_and_an_oversized_world(run, tmp_path, mo
         ship_toy(export, export, tmp_path / "toy", {})
     with pytest.raises(ValueError, match="not a training export"):
         ship_toy(base, base, tmp_path / "toy", {})
+    other = tmp_path / "other-sd"  # a base the export was not trained from
+    shutil.copytree(base, other)
+    (other / "vae" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not the base the export was trained from"):
+        ship_toy(other, export, tmp_path / "toy", {})
     monkeypatch.setattr(ship, "BUDGET_MB", 0.1)
     with pytest.raises(ValueError, match="over its 0 MB budget"):
         ship_toy(base, export, tmp_path / "toy", {})

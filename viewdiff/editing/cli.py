@@ -21,7 +21,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from viewdiff.cameras_json import write_cameras
-from viewdiff.cli_args import MAX_DENOISING_STEPS, int_in, nonnegative_float
+from viewdiff.cli_args import (
+    BASE_HELP,
+    MAX_DENOISING_STEPS,
+    existing_folder,
+    int_in,
+    nonnegative_float,
+)
 from viewdiff.config import SampleConfig
 from viewdiff.editing.denoisers import (
     check_editing_model,
@@ -57,6 +63,7 @@ def add_invert_command(commands: argparse._SubParsersAction) -> None:
         required=True,
         help="inference export, or any diffusers SD folder (single views)",
     )
+    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
     parser.add_argument("--images", type=Path, nargs="+", required=True, help="the views")
     parser.add_argument("--cameras", type=Path, help="cameras.json of the views (multi-view)")
     parser.add_argument("--prompt", default="", help="source text (what the views show)")
@@ -89,6 +96,12 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
         "--cfg-tar", type=nonnegative_float, default=15.0, help="target guidance (15)"
     )
     parser.add_argument("--checkpoint", type=Path, help="the model (default: the inversion's)")
+    parser.add_argument(
+        "--base",
+        type=existing_folder,
+        metavar="DIR",
+        help=BASE_HELP + " (default: the inversion's)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.set_defaults(run=run_edit)
 
@@ -116,13 +129,13 @@ def run_invert(args: argparse.Namespace) -> None:
     if not args.cfg_src >= 1.0:
         raise ValueError(f"--cfg-src must be >= 1, got {args.cfg_src}")
     out = output_folder(args.out)
-    kind = check_editing_model(args.checkpoint)
-    export = read_export(args.checkpoint) if kind == "multiview" else None
+    kind = check_editing_model(args.checkpoint, args.base)
+    export = read_export(args.checkpoint, args.base) if kind == "multiview" else None
     sample = None if export is None else export.config.sample
     size = export.config.data.image_size if export is not None else _sd_image_size(args.checkpoint)
     images, cameras = input_views(args, kind, size, sample)
     device = chosen_device(args.device)
-    editing = load_editing_model(args.checkpoint, device)
+    editing = load_editing_model(args.checkpoint, device, base=args.base)
     dtype = DTYPES[args.dtype]
     x0 = encode_images(editing.vae, images[None], sample=False).to(dtype)  # (M, C, h, w)
     scheduler = editing.scheduler()
@@ -136,6 +149,7 @@ def run_invert(args: argparse.Namespace) -> None:
         {
             "format": FORMAT,
             "checkpoint": str(args.checkpoint.resolve()),
+            "base": None if args.base is None else str(args.base.resolve()),
             "kind": kind,
             "prompt": args.prompt,
             "cfg_src": args.cfg_src,
@@ -177,7 +191,8 @@ def run_edit(args: argparse.Namespace) -> None:
         raise ValueError(f"--skip must be in [0, {inversion.num_steps}), got {args.skip}")
     out = output_folder(args.out)
     checkpoint = args.checkpoint or Path(document["checkpoint"])
-    kind = check_editing_model(checkpoint)
+    base = args.base or (Path(document["base"]) if document.get("base") else None)
+    kind = check_editing_model(checkpoint, base)
     if kind != document["kind"]:
         raise ValueError(
             f"{checkpoint} is a {kind} model; the inversion was made by a {document['kind']} one"
@@ -185,7 +200,7 @@ def run_edit(args: argparse.Namespace) -> None:
     cameras = None
     if kind == "multiview":
         cameras = read_trajectory(args.inversion / "cameras.json")
-    editing = load_editing_model(checkpoint, chosen_device(args.device))
+    editing = load_editing_model(checkpoint, chosen_device(args.device), base=base)
     inversion = _to(inversion, editing.device)
     denoise = denoiser(editing, args.prompt, args.cfg_tar, cameras)
     edited = generate(denoise, editing.scheduler(), inversion, args.skip, show_progress=True)

@@ -21,6 +21,7 @@ from viewdiff.cameras import pose_features
 from viewdiff.editing.inversion import Denoiser
 from viewdiff.inference.load import load_export, read_export
 from viewdiff.inference.trajectory import Trajectory
+from viewdiff.model.persistence import CONFIG_FILE
 from viewdiff.sampling import ViewConditions, encode_prompts, guided_prediction, prior_predictions
 
 
@@ -47,13 +48,20 @@ class EditingModel:
 
 
 def is_sd_folder(path: Path) -> bool:
-    """Whether ``path`` is a diffusers Stable Diffusion folder (not an export)."""
-    return (Path(path) / "model_index.json").is_file()
+    """Whether ``path`` is a diffusers Stable Diffusion folder (not an export, not a
+    self-contained export folder, which has a model_index.json too)."""
+    return (Path(path) / "model_index.json").is_file() and not (Path(path) / CONFIG_FILE).is_file()
 
 
-def check_editing_model(path: Path) -> str:
-    """'sd' or 'multiview' for a folder that loads, or a ValueError naming it; loads nothing."""
+def check_editing_model(path: Path, base: Path | None = None) -> str:
+    """'sd' or 'multiview' for a folder that loads, or a ValueError naming it; loads nothing.
+
+    ``base``: a multi-view export's base pipeline from this folder (``--base``)."""
     if is_sd_folder(path):
+        if base is not None:
+            raise ValueError(
+                f"--base is for an inference export; {path} is a Stable Diffusion folder"
+            )
         missing = [
             p
             for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -62,16 +70,20 @@ def check_editing_model(path: Path) -> str:
         if missing:
             raise ValueError(f"{path}: a Stable Diffusion folder without {', '.join(missing)}")
         return "sd"
-    read_export(path)
+    read_export(path, base)
     return "multiview"
 
 
 def load_editing_model(
-    path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    base: Path | None = None,
 ) -> EditingModel:
-    """The export or SD folder at ``path`` on ``device``, frozen, in eval mode."""
-    if check_editing_model(path) == "multiview":
-        prior = load_export(path, device, dtype)
+    """The export (its base from ``base`` if given) or SD folder at ``path`` on ``device``,
+    frozen, in eval mode."""
+    if check_editing_model(path, base) == "multiview":
+        prior = load_export(path, device, dtype, base=base)
         size = prior.info.config.data.image_size
         return EditingModel(
             "multiview",

@@ -22,9 +22,11 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from viewdiff.cli_args import (
+    BASE_HELP,
     MAX_DENOISING_STEPS,
     MAX_VIEWS,
     denoising_steps,
+    existing_folder,
     finite_float,
     int_in,
     nonnegative_float,
@@ -57,6 +59,7 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="inference export")
+    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
     parser.add_argument("--scene", type=Path, required=True, help="3DGS PLY to edit")
     parser.add_argument("--cameras", type=Path, help="cameras.json of the edit views (ordered)")
     parser.add_argument(
@@ -123,9 +126,9 @@ def trame_config(args: argparse.Namespace) -> TrameConfig:
 def run_edit_scene(args: argparse.Namespace) -> None:
     """Check everything, edit, write."""
     out = output_folder(args.out)
-    if check_editing_model(args.checkpoint) != "multiview":
+    if check_editing_model(args.checkpoint, args.base) != "multiview":
         raise ValueError(f"--checkpoint {args.checkpoint}: TrAME needs a multi-view export")
-    export = read_export(args.checkpoint)
+    export = read_export(args.checkpoint, args.base)
     config = trame_config(args)
     if not args.scene.is_file():
         raise ValueError(f"--scene {args.scene}: no such file")
@@ -148,7 +151,7 @@ def run_edit_scene(args: argparse.Namespace) -> None:
         if not bool(selected.any()):
             raise ValueError(f"--region {args.region}: no Gaussian of {args.scene} is inside it")
     clip = None if args.clip is None else ClipDirection(args.clip, device)
-    editing = load_editing_model(args.checkpoint, device)
+    editing = load_editing_model(args.checkpoint, device, base=args.base)
     editor = TrameEditor(editing, scene, cameras, args.source_prompt, args.prompt, config,
                          selected)  # fmt: skip
     if args.attention_region or args.words:

@@ -8,14 +8,16 @@ encoder and VAE (and, for LoRA / new-layers exports, UNet) it was trained from. 
 safetensors are read; a training checkpoint (``checkpoints/checkpoint-<step>/``) is refused.
 
 ``read_export`` checks the folder without loading any weight, so that a command can refuse a
-wrong path before it spends time; ``load_export`` builds the models on the caller's device.
+wrong path before it spends time; ``load_export`` builds the models on the caller's device. Both
+find the base from any working directory (``viewdiff.training.base_record.locate_base``: beside
+the export, at the absolute path of training, checked against the recorded fingerprint), or take
+it from ``base`` (``--base DIR``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from viewdiff.config import Config, read_config_json
 from viewdiff.model import MultiViewUNet, load_multiview_unet
 from viewdiff.model.persistence import CONFIG_FILE, UNET_DIR, UNET_LORA_DIR, WEIGHTS_FILE
-from viewdiff.training.export import BASE_FROM_EXPORT_KEY, BASE_MODEL_FILE
+from viewdiff.training.base_record import BASE_MODEL_FILE, locate_base
 
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, "config.json", BASE_MODEL_FILE, "scheduler")
 
@@ -73,8 +75,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return document
 
 
-def read_export(path: str | Path) -> ExportInfo:
-    """Check that ``path`` is an inference export and read its config; loads no weights."""
+def read_export(path: str | Path, base: str | Path | None = None) -> ExportInfo:
+    """Check that ``path`` is an inference export, read its config and find its base pipeline
+    (``base``: this folder instead); loads no weights."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"checkpoint not found: {path}")
@@ -92,31 +95,22 @@ def read_export(path: str | Path) -> ExportInfo:
             f"{', '.join(missing)}{hint}"
         )
     config = read_config_json(path / "config.json")
-    base = _read_json(path / BASE_MODEL_FILE)
+    record = _read_json(path / BASE_MODEL_FILE)
     meta = _read_json(path / CONFIG_FILE)
     unet_folder = {"full": UNET_DIR, "lora": UNET_LORA_DIR}.get(meta.get("unet_weights"))
     if unet_folder is not None and not (path / unet_folder).is_dir():
         raise ValueError(f"{path} is an incomplete export: {unet_folder}/ is missing")
-    if not isinstance(base.get("pretrained_model"), str):
+    if not isinstance(record.get("pretrained_model"), str):
         raise ValueError(f"{path / BASE_MODEL_FILE}: no 'pretrained_model' (the base pipeline)")
     return ExportInfo(
         path=path,
         config=config,
-        pretrained_model=base_model_location(path, base),
-        revision=base.get("revision"),
-        step=int(base.get("step", -1)),
-        ema=bool(base.get("ema", False)),
+        pretrained_model=locate_base(path, record, base),
+        revision=record.get("revision"),
+        step=int(record.get("step", -1)),
+        ema=bool(record.get("ema", False)),
         unet_weights=str(meta.get("unet_weights")),
     )
-
-
-def base_model_location(path: Path, base: dict[str, Any]) -> str:
-    """Where the export's base pipeline is: the folder at its path relative to the export if it
-    is there (an export moved or shipped with its base), else the path or hub id of training."""
-    relative = base.get(BASE_FROM_EXPORT_KEY)
-    if isinstance(relative, str) and (path / relative).is_dir():
-        return os.path.normpath(path / relative)
-    return base["pretrained_model"]
 
 
 def chosen_device(name: str | None) -> str:
@@ -130,8 +124,10 @@ def chosen_device(name: str | None) -> str:
 
 def _from_base(cls: type, info: ExportInfo, part: str) -> Any:
     """One part of the base pipeline, with an error that names the export and the part."""
+    # A revision names a hub commit; a local folder (found, or given as --base) has none.
+    revision = None if Path(info.pretrained_model).is_dir() else info.revision
     try:
-        return cls.from_pretrained(info.pretrained_model, subfolder=part, revision=info.revision)
+        return cls.from_pretrained(info.pretrained_model, subfolder=part, revision=revision)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{info.path / BASE_MODEL_FILE}: cannot load the base model's {part} from "
@@ -144,9 +140,11 @@ def load_export(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     attention_backend: str = "sdpa",
+    base: str | Path | None = None,
 ) -> MultiViewPrior:
-    """The export's multi-view UNet, VAE, text encoder and tokenizer on ``device`` in ``dtype``."""
-    info = read_export(path)
+    """The export's multi-view UNet, VAE, text encoder and tokenizer on ``device`` in ``dtype``
+    (the base's parts from ``base`` if given)."""
+    info = read_export(path, base)
     # How the model runs here, not how it trained: no activation checkpointing at inference.
     expected = dataclasses.replace(
         info.config.model, attention_backend=attention_backend, projection_checkpointing=False

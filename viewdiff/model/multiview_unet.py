@@ -85,6 +85,16 @@ class MultiViewUNet(nn.Module):
         if config.projection_layers:
             self._install_projection()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the UNet is (diffusers' pipelines ask every component)."""
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's dtype."""
+        return self.unet.dtype
+
     def _install_attention(self) -> None:
         """One ``MultiViewAttnProcessor`` per attention, with its pose LoRA if configured."""
         config, processors = self.config, {}

@@ -22,6 +22,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from viewdiff.cli_args import (
+    BASE_HELP,
+    existing_folder,
     nonnegative_float,
     pixel_size,
     positive_float,
@@ -65,6 +67,7 @@ def add_sds_command(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="inference export")
+    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
     parser.add_argument("--prompt", required=True, help="text of the object")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--config", type=Path, help="SDS preset (configs/sds_*.yaml)")
@@ -202,7 +205,7 @@ def run_sds(args: argparse.Namespace) -> None:
     if not args.prompt.strip():
         raise ValueError("--prompt is empty: SDS needs a text of the object")
     output_folder(args.out)
-    export = read_export(args.checkpoint)
+    export = read_export(args.checkpoint, args.base)
     config = sds_settings(args)
     size = config.image_size or export.config.data.image_size
     image = given_image(args, size, export.config.sample)
@@ -215,7 +218,7 @@ def run_sds(args: argparse.Namespace) -> None:
         read_state(args.resume)
     device = chosen_device(args.device)
     # The prior, the cameras and the start.
-    prior = load_export(args.checkpoint, device, DTYPES[args.dtype])
+    prior = load_export(args.checkpoint, device, DTYPES[args.dtype], base=args.base)
     ranges = camera_ranges(export.path, export.config.sample, config)
     if scene is None:
         scene = (

@@ -4,7 +4,8 @@
         --out viewdiff/assets/toy
 
 writes ``OUT/sd/`` (a Stable Diffusion folder) and ``OUT/multiview/`` (an inference export whose
-``base_model.json`` points at ``../sd``, so it loads wherever the package is installed) and
+``base_model.json`` points at ``../sd``, with the fingerprint of the fp16 copy and without the
+absolute path of the machine that shipped it, so it loads wherever the package is installed) and
 ``OUT/provenance.json`` (what made them). Floating-point weights of the UNets and the VAE are
 stored as fp16 (diffusers loads them back into fp32 models); the text encoder stays fp32, as
 transformers would otherwise load it in fp16. Only safetensors and JSON are written.
@@ -21,7 +22,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from viewdiff.training.export import BASE_FROM_EXPORT_KEY, BASE_MODEL_FILE
+from viewdiff.training.base_record import (
+    BASE_FROM_EXPORT_KEY,
+    BASE_HASH_KEY,
+    BASE_MODEL_FILE,
+    BASE_PATH_KEY,
+    base_fingerprint,
+)
 
 SD, MULTIVIEW = "sd", "multiview"
 # Weight files stored in fp16 where present, relative to their folder (a LoRA or new-layers
@@ -56,6 +63,14 @@ def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
         raise ValueError(f"--base {base}: no model_index.json (not a Stable Diffusion folder)")
     if not (export / BASE_MODEL_FILE).is_file():
         raise ValueError(f"--export {export}: no {BASE_MODEL_FILE} (not a training export)")
+    recorded = json.loads((export / BASE_MODEL_FILE).read_text()).get(BASE_HASH_KEY)
+    if (
+        isinstance(recorded, dict)
+        and base_fingerprint(base, recorded["parts"]) != recorded["sha256"]
+    ):
+        raise ValueError(
+            f"--base {base}: not the base the export was trained from ({BASE_MODEL_FILE})"
+        )
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(base, staging / SD)
@@ -67,6 +82,10 @@ def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
     base_file = staging / MULTIVIEW / BASE_MODEL_FILE
     base_model = json.loads(base_file.read_text())
     base_model[BASE_FROM_EXPORT_KEY] = f"../{SD}"
+    base_model.pop(BASE_PATH_KEY, None)
+    if isinstance(base_model.get(BASE_HASH_KEY), dict):  # the fp16 copy is another file
+        parts = base_model[BASE_HASH_KEY]["parts"]
+        base_model[BASE_HASH_KEY]["sha256"] = base_fingerprint(staging / SD, parts)
     base_file.write_text(json.dumps(base_model, indent=2) + "\n")
     (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     size = folder_megabytes(staging)

@@ -7,10 +7,11 @@
     camera_distribution.json
                        radius, elevation and field of view of the training cameras
                        (``viewdiff.training.camera_record``), for score distillation
-    base_model.json    the base pipeline it was trained from (path or hub id + revision; a local
-                       folder also as a path relative to the export, so that an export moved
-                       together with its base, or shipped in the package, still finds it), the
-                       step, and whether the weights are the EMA
+    base_model.json    the base pipeline it was trained from (``viewdiff.training.base_record``:
+                       the hub id + revision, or a local folder's absolute path, its path
+                       relative to the export and a fingerprint of its files, so that the
+                       export finds it from any working directory, moved with its base or
+                       alone), the step, and whether the weights are the EMA
 
 With ``train.use_ema`` the EMA weights are exported. Written into ``model.tmp/`` and swapped
 in by renames: ``model/`` is always a complete export, the previous one until the new one is
@@ -29,14 +30,13 @@ from diffusers import DDPMScheduler
 
 from viewdiff.config import Config, save_config
 from viewdiff.model import MultiViewUNet, save_multiview_unet
+from viewdiff.training.base_record import BASE_MODEL_FILE, base_record
 from viewdiff.training.camera_record import CameraRecord, write_camera_distribution
 from viewdiff.training.checkpoints import sync_folder
 from viewdiff.training.ema import EMA
 from viewdiff.training.modes import EXPORT_UNET_WEIGHTS
 
 EXPORT = "model"
-BASE_MODEL_FILE = "base_model.json"
-BASE_FROM_EXPORT_KEY = "pretrained_model_from_export"  # the base folder, relative to model/
 
 
 def export_path(output_dir: str | Path) -> Path:
@@ -66,21 +66,15 @@ def export_model(
     final = export_path(config.train.output_dir)
     old, tmp = final.with_name(EXPORT + ".old"), final.with_name(EXPORT + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    unet_weights = EXPORT_UNET_WEIGHTS[config.train.mode]
     with ema.swapped_in() if ema is not None else contextlib.nullcontext():
-        save_multiview_unet(model, tmp, unet_weights=EXPORT_UNET_WEIGHTS[config.train.mode])
+        save_multiview_unet(model, tmp, unet_weights=unet_weights)
     save_config(config, tmp / "config.json")
     noise_scheduler.save_pretrained(tmp / "scheduler")
     if cameras is not None and cameras.count:
         write_camera_distribution(tmp, cameras)
-    base = {
-        "pretrained_model": config.model.pretrained_model,
-        "revision": config.model.revision,
-        "step": step,
-        "ema": ema is not None,
-    }
-    local_base = Path(config.model.pretrained_model)
-    if local_base.is_dir():
-        base[BASE_FROM_EXPORT_KEY] = os.path.relpath(local_base.resolve(), final.resolve())
+    base = base_record(config.model.pretrained_model, config.model.revision, final, unet_weights)
+    base.update(step=step, ema=ema is not None)
     (tmp / BASE_MODEL_FILE).write_text(json.dumps(base, indent=2) + "\n")
     sync_folder(tmp)
     shutil.rmtree(old, ignore_errors=True)
