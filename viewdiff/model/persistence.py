@@ -7,7 +7,10 @@ An export folder holds
                            UNet weights come with them:
     unet/                  "full": the fine-tuned UNet, as diffusers' save_pretrained writes it,
     unet_lora/             "lora": a peft LoRA adapter on the base UNet (adapter_config.json +
-                           adapter_model.safetensors, peft's own format),
+                           adapter_model.safetensors, peft's own format), and the same LoRA as
+    pytorch_lora_weights.safetensors
+                           in diffusers' format, which any Stable Diffusion pipeline of the
+                           base loads with ``pipe.load_lora_weights(folder)``,
                            "none": nothing, the base UNet was not trained.
 
 Loading rebuilds the model from the saved config and refuses, naming the file and what differs,
@@ -23,6 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from diffusers import UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
+from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -37,6 +43,7 @@ CONFIG_FILE = "multiview.json"
 UNET_DIR = "unet"
 UNET_LORA_DIR = "unet_lora"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name
+DIFFUSERS_LORA_FILE = LORA_WEIGHT_NAME_SAFE  # pytorch_lora_weights.safetensors
 # How the model runs, not what it is: taken from the expected config, never a mismatch.
 RUNTIME_FIELDS = ("attention_backend", "projection_checkpointing")
 
@@ -92,6 +99,30 @@ def save_multiview_unet(
         }
         save_file(adapter, adapter_dir / ADAPTER_WEIGHTS_FILE, metadata={"format": "pt"})
         model.unet.peft_config["default"].save_pretrained(str(adapter_dir))
+        save_diffusers_lora(model.unet, directory)
+
+
+def save_diffusers_lora(unet: UNet2DConditionModel, directory: str | Path) -> Path:
+    """Write the UNet's peft LoRA as ``directory/pytorch_lora_weights.safetensors`` for diffusers.
+
+    diffusers' own saver, as its LoRA training scripts call it: peft keys with the ``unet.``
+    prefix and the adapter config (rank, alpha, targets) as metadata, so that
+    ``StableDiffusionPipeline.load_lora_weights(directory)`` rebuilds the same adapter. Only the
+    LoRA on the base UNet's weights goes there: the multi-view layers (cross-frame attention's
+    pose-conditioned LoRA, projection layers) need our processors, which a plain SD pipeline has
+    not. Loaded alone, it gives the base UNet's weights as they were fine-tuned beside those
+    layers: single-view SD with what training changed in it, not the multi-view prior.
+    """
+    layers = convert_state_dict_to_diffusers(
+        {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    )
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        directory,
+        unet_lora_layers=layers,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
+    return Path(directory) / DIFFUSERS_LORA_FILE
 
 
 def load_multiview_unet(
