@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import infer
+import viewdiff.commands.infer as infer
 from viewdiff.config import DataConfig, SampleConfig
 from viewdiff.inference import heldout
 

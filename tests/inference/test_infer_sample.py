@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import infer
+import viewdiff.commands.infer as infer
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.cameras_json import read_cameras, write_cameras
 from viewdiff.scene.turntable import mp4_available

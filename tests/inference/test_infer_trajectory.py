@@ -135,7 +135,7 @@ def test_a_generation_writes_views_grid_video_cameras_and_its_settings(tmp_path)
 
 
 def test_infer_exits_2_on_its_input_errors_and_shows_a_bugs_traceback(monkeypatch, capsys):
-    import infer
+    import viewdiff.commands.infer as infer
 
     failures = {
         "missing": FileNotFoundError("cameras file not found: nope.json"),
