@@ -11,6 +11,7 @@ Commands:
   eval      novel-view synthesis on held-out shards: PSNR/SSIM with and without masks
   fit       fit a 3D Gaussian scene (3DGS PLY) to a folder of generated views
   export    a folder of generated views for nerfstudio / instant-ngp (transforms.json) or COLMAP
+  push      an export on the Hugging Face Hub, with a generated model card
   sds       text-to-3D / image-to-3D: distil a 3D Gaussian scene by score distillation
   invert    edit-friendly DDPM inversion of real views (one, or N posed views jointly)
   edit      regenerate an inversion with a target prompt
@@ -50,6 +51,7 @@ from viewdiff.editing.scene_cli import add_edit_scene_command
 from viewdiff.inference.autoregressive import check_sample_config, generate_views
 from viewdiff.inference.evaluate import format_table, write_results
 from viewdiff.inference.heldout import check_heldout_shards, evaluate_heldout
+from viewdiff.inference.hub import add_push_command
 from viewdiff.inference.inputs import load_given_views, load_single_view
 from viewdiff.inference.load import (
     ExportInfo,
@@ -436,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_command(commands)
     add_fit_command(commands)
     add_export_command(commands)
+    add_push_command(commands)
     add_sds_command(commands)
     add_invert_command(commands)
     add_edit_command(commands)
