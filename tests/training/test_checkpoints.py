@@ -1,5 +1,5 @@
-"""Checkpoint folders (complete, latest, pruned, interrupted), the export swap, EMA, the
-learning-rate schedules."""
+"""Checkpoint folders (complete, latest, pruned, interrupted), the export swap, the learning-rate
+schedules (the EMA: test_ema.py)."""
 
 import dataclasses
 import json
@@ -20,7 +20,6 @@ from viewdiff.training.checkpoints import (
     remove_incomplete,
     resolve_resume,
 )
-from viewdiff.training.ema import EMA
 from viewdiff.training.export import recover_export
 from viewdiff.training.optim import learning_rate_schedule, set_learning_rates
 
@@ -79,28 +78,6 @@ def test_an_interrupted_export_swap_is_repaired(tmp_path):
     recover_export(tmp_path)
     assert (tmp_path / "model" / "multiview.json").is_file()
     assert not (tmp_path / "model.old").exists() and not (tmp_path / "model.tmp").exists()
-
-
-def test_ema_follows_the_parameters_with_warm_up_and_swaps_in(tmp_path):
-    layer = nn.Linear(2, 2)
-    with torch.no_grad():
-        layer.weight.fill_(1.0)
-    ema = EMA(list(layer.named_parameters()), decay=0.9)
-    with torch.no_grad():
-        layer.weight.fill_(3.0)
-    ema.update()  # d_0 = min(0.9, 1/10): 0.1 * 1 + 0.9 * 3
-    torch.testing.assert_close(ema.shadow["weight"], torch.full((2, 2), 2.8))
-    for _ in range(99):
-        ema.update()
-    assert ema.current_decay() == 0.9
-    with ema.swapped_in():
-        torch.testing.assert_close(layer.weight, ema.shadow["weight"])
-    assert (layer.weight == 3.0).all()
-    restored = EMA(list(layer.named_parameters()), decay=0.9)
-    restored.load_state_dict(ema.state_dict())
-    assert restored.updates == 100 and torch.equal(restored.shadow["weight"], ema.shadow["weight"])
-    with pytest.raises(ValueError, match="missing"):
-        restored.load_state_dict({"updates": torch.tensor(1)})
 
 
 @pytest.mark.parametrize(

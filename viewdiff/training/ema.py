@@ -1,8 +1,19 @@
 """Exponential moving average of the trained weights (train.use_ema), used for the export.
 
-After every optimiser step k (0-based): ``shadow <- d_k shadow + (1 - d_k) param`` with
-``d_k = min(ema_decay, (1 + k) / (10 + k))``, the warm-up of diffusers' EMAModel, so that the
+A thin wrapper around diffusers' ``EMAModel`` with ``use_ema_warmup=False`` (its
+``(1 + step) / (10 + step)`` cap, not the power-law warm-up) and ``min_decay`` 0. After the n-th
+optimiser step (1-based): ``shadow <- d_n shadow + (1 - d_n) param`` with ``d_1 = 0`` (the first
+update copies the parameters) and ``d_n = min(ema_decay, n / (9 + n))`` after it, so that the
 average is not dominated by the initial weights in short runs.
+
+What the wrapper adds: shadows kept in float32 and named like the parameters, a state that is a
+flat safetensors mapping (``shadow.<name>`` and ``updates``: the format of our checkpoints since
+before the wrapper, so that old ``ema.safetensors`` files load), and ``swapped_in``.
+
+Before the wrapper our own average used ``d_1 = 0.1`` (it kept a tenth of the initial weights);
+every later decay is the same. After 50 updates the two differ by at most 3e-8 on float32
+weights (tests/training/test_ema.py); a checkpoint written by the old class resumes with the
+same decays as before.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from diffusers.training_utils import EMAModel
 from torch import Tensor, nn
 
 
@@ -20,20 +32,33 @@ class EMA:
     def __init__(self, named_parameters: list[tuple[str, nn.Parameter]], decay: float) -> None:
         self.parameters = dict(named_parameters)
         self.decay = decay
-        self.updates = 0
-        self.shadow = {name: p.detach().float().clone() for name, p in self.parameters.items()}
+        self.average = EMAModel(
+            [p.detach().float() for p in self.parameters.values()],  # EMAModel clones them
+            decay=decay,
+            min_decay=0.0,
+            update_after_step=0,
+            use_ema_warmup=False,
+        )
+
+    @property
+    def updates(self) -> int:
+        """Updates done so far (EMAModel's ``optimization_step``)."""
+        return self.average.optimization_step
+
+    @property
+    def shadow(self) -> dict[str, Tensor]:
+        """The averages by parameter name (EMAModel's ``shadow_params``, not copies)."""
+        return dict(zip(self.parameters, self.average.shadow_params, strict=True))
 
     def current_decay(self) -> float:
-        """d_k of the next update."""
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        """d_n of the next update."""
+        return self.average.get_decay(self.updates + 1)
 
     @torch.no_grad()
     def update(self) -> None:
         """Move every shadow towards its parameter after an optimiser step."""
-        weight = 1.0 - self.current_decay()
-        for name, p in self.parameters.items():
-            self.shadow[name].lerp_(p.detach().float(), weight)
-        self.updates += 1
+        # The parameters themselves: EMAModel copies instead of averaging those without grad.
+        self.average.step(self.parameters.values())
 
     def state_dict(self) -> dict[str, Tensor]:
         """The shadows and the update count, for a safetensors file."""
@@ -47,19 +72,30 @@ class EMA:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"{source}: missing {missing[:3]}, unexpected {unexpected[:3]}")
         for name, value in self.shadow.items():
-            value.copy_(state[f"shadow.{name}"])
-        self.updates = int(state["updates"])
+            saved = state[f"shadow.{name}"]
+            if saved.shape != value.shape:
+                raise ValueError(
+                    f"{source}: shadow.{name} has shape {tuple(saved.shape)}, "
+                    f"the parameter {tuple(value.shape)}"
+                )
+        # Onto the shadows' device and dtype: the file loads on the CPU.
+        shadows = [
+            state[f"shadow.{name}"].to(device=value.device, dtype=value.dtype)
+            for name, value in self.shadow.items()
+        ]
+        self.average.load_state_dict(
+            {"optimization_step": int(state["updates"]), "shadow_params": shadows}
+        )
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Within the block the parameters hold the averages; afterwards their own values."""
-        saved = {name: p.detach().clone() for name, p in self.parameters.items()}
+        parameters = list(self.parameters.values())
+        self.average.store(parameters)
         with torch.no_grad():
-            for name, p in self.parameters.items():
-                p.copy_(self.shadow[name])
+            self.average.copy_to(parameters)
         try:
             yield
         finally:
             with torch.no_grad():
-                for name, p in self.parameters.items():
-                    p.copy_(saved[name])
+                self.average.restore(parameters)
