@@ -144,12 +144,20 @@ def test_random_initialisation_lies_in_the_sphere_and_is_seeded():
     assert abs(inner.item() - 0.5) < 0.1
 
 
-def test_approximate_nearest_neighbours_match_exact_ones():
-    points = torch.randn(3000, 3, generator=torch.Generator().manual_seed(6))
-    exact = nearest_neighbour_sq_distances(points)
-    approximate = nearest_neighbour_sq_distances(points, exact_up_to=100)
-    assert torch.all(approximate >= exact - 1e-6)  # never closer than the true neighbours
-    assert ((approximate - exact) <= 1e-3 * exact).float().mean() > 0.97
+def test_nearest_neighbours_are_the_brute_force_ones():
+    generator = torch.Generator().manual_seed(6)
+    points = torch.randn(500, 3, generator=generator, dtype=torch.float64)
+    points[1] = points[0]  # a duplicate: its nearest neighbour is at distance 0
+    distances = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    brute_force = distances.square().topk(4, dim=1, largest=False).values[:, 1:].mean(dim=1)
+    found = nearest_neighbour_sq_distances(points)
+    assert found.dtype == torch.float64 and found.shape == (500,)
+    torch.testing.assert_close(found, brute_force, rtol=0, atol=1e-6)
+    others = distances[0, 2:].square().topk(2, largest=False).values
+    torch.testing.assert_close(found[:2], (0 + others.sum()).expand(2) / 3, rtol=0, atol=1e-12)
+    # float32 in, float32 out; with 2 points the one neighbour there is.
+    pair = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    assert torch.equal(nearest_neighbour_sq_distances(pair), torch.tensor([25.0, 25.0]))
 
 
 def test_sh_basis_is_orthonormal_with_3dgs_signs():
