@@ -5,8 +5,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from skimage.metrics import structural_similarity
 
 from viewdiff.inference.evaluate import (
+    SSIM_PROTOCOL,
     ObjectResult,
     format_table,
     summarize,
@@ -16,6 +19,7 @@ from viewdiff.inference.evaluate import (
     view_ssim,
     write_results,
 )
+from viewdiff.scene.losses import ssim
 
 
 def images(seed: int, shape=(2, 3, 16, 16)) -> torch.Tensor:
@@ -57,6 +61,28 @@ def test_ssim_is_one_for_equal_views_lower_for_others_and_masked_inside():
     assert (view_ssim(half, target) < 0.7).all()
 
 
+def test_ssim_is_scikit_image_called_as_the_reference_calls_it():
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.rand(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    target = F.interpolate(smooth, size=64, mode="bilinear", align_corners=False)
+    noise = torch.randn(target.shape, generator=generator, dtype=torch.float64)
+    generated = (target.roll(1, dims=-1) + 0.05 * noise).clamp(0, 1)
+    found = view_ssim(generated, target)
+    # ViewDiff's viewdiff/metrics/image_metrics.py: one view (C, H, W) at a time.
+    for v in range(2):
+        reference = structural_similarity(
+            generated[v].numpy(), target[v].numpy(), data_range=1, channel_axis=0
+        )
+        assert found[v].item() == pytest.approx(reference, rel=0, abs=1e-12)
+        # Not the 11x11 Gaussian SSIM of the fitting loss, which it replaced here.
+        assert abs(ssim(generated[v], target[v]).item() - reference) > 0.01
+    # A mask over everything averages the same map over the same pixels.
+    everything = torch.ones(2, 1, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(view_ssim(generated, target, everything), found, rtol=0, atol=1e-12)
+    empty = view_ssim(generated, target, torch.zeros_like(everything))
+    assert torch.isnan(empty).all()
+
+
 def test_view_metrics_take_images_in_minus_one_one_and_report_every_metric():
     target = images(4) * 2 - 1
     metrics = view_metrics(target * 0.9, target, torch.ones(2, 1, 16, 16))
@@ -80,5 +106,7 @@ def test_summaries_average_objects_and_skip_non_finite_views(tmp_path, capsys):
     document = json.loads((tmp_path / "eval.json").read_text())
     assert document["objects"][1]["views"]["psnr"] == [30.0, None]
     assert document["mean"]["psnr"] == pytest.approx(22.5)
+    assert document["ssim_protocol"] == SSIM_PROTOCOL and "scikit-image" in SSIM_PROTOCOL
     table = format_table(results).splitlines()
-    assert len(table) == 6 and "mean of 2 objects" in table[-1] and "22.5000" in table[-1]
+    assert len(table) == 7 and "mean of 2 objects" in table[-2] and "22.5000" in table[-2]
+    assert table[-1] == f"SSIM: {SSIM_PROTOCOL}"

@@ -7,12 +7,17 @@ true one:
 
 - PSNR per view, ``-10 log10(MSE)`` of images in [0, 1], averaged over views (as the reference,
   which does not average the MSE across frames first);
-- SSIM per view with an 11x11 Gaussian window (sigma 1.5, Wang et al. 2004; the implementation of
-  ``viewdiff.scene.losses``, no torchvision). The reference calls scikit-image's default 7x7
-  uniform window, so its SSIM values differ slightly from these;
+- SSIM per view as the reference computes it (``SSIM_PROTOCOL``): scikit-image's
+  ``structural_similarity`` with its defaults (a uniform 7x7 window, sample covariance,
+  K1 = 0.01, K2 = 0.03), ``data_range=1`` on images in [0, 1], channels first, the mean of the
+  SSIM map without its 3-pixel border, averaged over the channels. (The 11x11 Gaussian,
+  zero-padded SSIM of ``viewdiff.scene.losses`` is 3DGS's fitting loss, not this metric: on the
+  same pair the two differ by a few hundredths, either way);
 - masked: the same over the pixels inside the object's mask (mask > 0.5) only, so that a
-  background the prompt never described does not dominate. Masked SSIM averages the SSIM map
-  over those pixels (the windows still see the whole image).
+  background the prompt never described does not dominate. Masked SSIM averages the library's
+  SSIM map over those pixels inside the border (the windows still see the whole image). The
+  reference instead composites both images onto white with the soft mask and scores the whole
+  image, so our masked numbers are not its "only-fg" ones.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from skimage.metrics import structural_similarity
 from torch import Tensor
-
-from viewdiff.scene.losses import ssim_map
 
 METRICS = ("psnr", "ssim", "psnr_masked", "ssim_masked")
 MASK_THRESHOLD = 0.5
+SSIM_WINDOW = 7
+SSIM_PROTOCOL = (
+    "scikit-image structural_similarity, uniform 7x7 window, sample covariance, K1 0.01, "
+    "K2 0.03, data_range 1.0 on images in [0, 1], map mean without its 3-pixel border "
+    "(ViewDiff's: viewdiff/metrics/image_metrics.py)"
+)
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -55,13 +66,37 @@ def view_psnr(images: Tensor, targets: Tensor, masks: Tensor | None = None) -> T
     return torch.where(pixels > 0, -10.0 * torch.log10(mse), torch.nan)
 
 
+def _ssim(image: Tensor, target: Tensor) -> tuple[float, np.ndarray]:
+    """The library's SSIM and its map (C, H, W) of one image pair (C, H, W) in [0, 1]."""
+    return structural_similarity(
+        image.detach().cpu().numpy(),
+        target.detach().cpu().numpy(),
+        win_size=SSIM_WINDOW,
+        gaussian_weights=False,
+        use_sample_covariance=True,
+        data_range=1.0,
+        channel_axis=0,
+        full=True,
+    )
+
+
 def view_ssim(images: Tensor, targets: Tensor, masks: Tensor | None = None) -> Tensor:
     """SSIM (V,) of images (V, 3, H, W) in [0, 1], averaged inside the masks (nan if empty)."""
-    similarity = ssim_map(images, targets).mean(dim=1, keepdim=True)  # (V, 1, H, W)
+    if images.shape != targets.shape:
+        raise ValueError(f"SSIM of images {tuple(images.shape)} and {tuple(targets.shape)}")
     weights = _inside(masks, images)
-    pixels = weights.flatten(1).sum(1)
-    mean = (similarity * weights).flatten(1).sum(1) / pixels.clamp_min(1.0)
-    return torch.where(pixels > 0, mean, torch.nan)
+    pad = (SSIM_WINDOW - 1) // 2  # the library leaves the border out of its mean
+    values = []
+    for image, target, weight in zip(images, targets, weights, strict=True):
+        mean, full = _ssim(image, target)
+        if masks is None:
+            values.append(float(mean))
+            continue
+        similarity = torch.from_numpy(full).mean(dim=0)[pad:-pad, pad:-pad]  # (H - 6, W - 6)
+        inside = weight[0, pad:-pad, pad:-pad].to(similarity)
+        pixels = inside.sum()
+        values.append(float((similarity * inside).sum() / pixels) if pixels > 0 else math.nan)
+    return torch.tensor(values, dtype=torch.float64, device=images.device)
 
 
 def view_metrics(images: Tensor, targets: Tensor, masks: Tensor | None) -> dict[str, list[float]]:
@@ -110,7 +145,12 @@ def summarize(results: list[ObjectResult]) -> dict[str, float]:
 def results_document(results: list[ObjectResult], settings: dict) -> dict:
     """The JSON document of an evaluation: settings, per-object results and the mean."""
     objects = [{**asdict(result), "mean": result.means()} for result in results]
-    return {"settings": settings, "objects": objects, "mean": summarize(results)}
+    return {
+        "settings": settings,
+        "ssim_protocol": SSIM_PROTOCOL,
+        "objects": objects,
+        "mean": summarize(results),
+    }
 
 
 def write_results(path: str | Path, results: list[ObjectResult], settings: dict) -> None:
@@ -130,7 +170,7 @@ def write_results(path: str | Path, results: list[ObjectResult], settings: dict)
 
 
 def format_table(results: list[ObjectResult]) -> str:
-    """A plain-text table: one row per object, then the mean."""
+    """A plain-text table: one row per object, the mean, then the SSIM protocol."""
     header = f"{'object':32s} {'views':>5s} " + " ".join(f"{name:>11s}" for name in METRICS)
     rows = [header, "-" * len(header)]
 
@@ -141,4 +181,5 @@ def format_table(results: list[ObjectResult]) -> str:
         rows.append(row(result.key, str(len(result.generated_frames)), result.means()))
     rows.append("-" * len(header))
     rows.append(row(f"mean of {len(results)} objects", "", summarize(results)))
+    rows.append(f"SSIM: {SSIM_PROTOCOL}")
     return "\n".join(rows)
