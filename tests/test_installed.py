@@ -20,11 +20,19 @@ def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
                           timeout=600)  # fmt: skip
 
 
+def setuptools_major() -> int:
+    """The major version of this venv's setuptools (0 without one)."""
+    try:
+        return int(importlib.metadata.version("setuptools").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return 0
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """viewdiff pip-installed (no dependencies: they are this venv's) into a folder of its own."""
     target = tmp_path_factory.mktemp("site-packages")
-    build = ["--no-build-isolation"] if importlib.metadata.version("setuptools") >= "77" else []
+    build = ["--no-build-isolation"] if setuptools_major() >= 77 else []  # else pip fetches it
     result = run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *build, "--target",
                   str(target), str(REPO)], cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
