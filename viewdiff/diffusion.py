@@ -13,8 +13,10 @@ ViewDiff's training sample (CVPR 2024, Sec. 3.3; the reference's train.py):
 - each of the first ``image_condition_views`` views is, independently with probability
   ``image_condition_prob``, given clean (t = 0): an image condition that the other views attend
   to and that the projection layers lift into their grid. The reference sets its target to the
-  detached prediction, so that it adds nothing to the loss; we leave it out of the loss mask,
-  which is the same gradient. We feed it exactly clean (the reference feeds ``add_noise`` at
+  detached prediction, so that its error is zero, and averages the MSE over all N views; we
+  leave it out of the loss mask and average over the generated views only. The direction of the
+  gradient is the same, its size differs by the factor (generated views / all views) of each
+  step (1 without image conditions). We feed it exactly clean (the reference feeds ``add_noise`` at
   t = 0, i.e. ``sqrt(abar_0) = 0.9996`` of the latent plus a trace of noise), as inference does;
 - the prompt is dropped ("") with probability ``prompt_dropout`` for classifier-free guidance,
   per object (all its views together, as guidance drops it at inference; the reference draws
