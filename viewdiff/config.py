@@ -67,6 +67,11 @@ class ModelConfig:
     projection_background: bool = True
     """Grid over [-2, 2]^3 with MERF's contraction: inner half the object box, outer the rest."""
 
+    disparity_at_infinity: float = 0.5
+    """Inverse depth of the last background sample, which sits at far / this (the reference's
+    vol_rend_disparity_at_inf). Configs saved before this key load with 1e-3, the value their
+    models were trained with (``LEGACY_DEFAULTS``)."""
+
     projection_checkpointing: bool = False
     """Recompute the projection layers' activations in the backward pass (saves memory)."""
 
@@ -325,13 +330,30 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
 
 
+LEGACY_DEFAULTS = {("model", "disparity_at_infinity"): 1e-3}
+"""Keys added after models were trained and saved: a saved config without one gets the value
+those models were built with, not today's default (so an old export loads as it trained)."""
+
+
+def with_legacy_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config's sections with ``LEGACY_DEFAULTS`` filled in where the keys are absent."""
+    filled = {name: dict(section) if isinstance(section, Mapping) else section
+              for name, section in values.items()}  # fmt: skip
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        if isinstance(filled.get(section), dict):
+            filled[section].setdefault(key, value)
+    return filled
+
+
 def read_config_json(path: str | Path) -> Config:
-    """Read a config written by ``save_config``."""
+    """Read a config written by ``save_config`` (an older one with ``LEGACY_DEFAULTS``)."""
     try:
         values = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config JSON: {error}") from None
-    return config_from_dict(values, source=str(path))
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: expected a JSON object of config sections")
+    return config_from_dict(with_legacy_defaults(values), source=str(path))
 
 
 def config_to_yaml(config: Config) -> str:

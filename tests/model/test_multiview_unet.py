@@ -1,6 +1,7 @@
 """The multi-view UNet on tiny SD 2.1-shaped UNets: behaviour, gradients, save/load, benchmark."""
 
 import copy
+import dataclasses
 import json
 import logging
 import runpy
@@ -13,8 +14,16 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
-from viewdiff.config import ConfigError, ModelConfig
+from viewdiff.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    config_to_dict,
+    load_config,
+    read_config_json,
+)
 from viewdiff.model import MultiViewUNet, add_base_lora, load_multiview_unet, save_multiview_unet
+from viewdiff.model.volume_render import sample_depths
 from viewdiff.tiny import build_unet, unet_config
 
 CONFIG = ModelConfig(
@@ -278,3 +287,27 @@ def test_bf16_autocast_training_step_has_finite_gradients():
     out.float().square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_disparity_at_infinity_reaches_every_renderer_and_the_last_sample(base_unet):
+    config = dataclasses.replace(CONFIG, disparity_at_infinity=0.25)
+    model = MultiViewUNet(copy.deepcopy(base_unet), config)
+    disparities = {
+        layer.renderer.disparity_at_infinity for layer in model.projection_layers.values()
+    }
+    assert disparities == {0.25}
+    near, far = torch.tensor([1.0], dtype=torch.float64), torch.tensor([5.0], dtype=torch.float64)
+    for disparity in (1e-3, 0.5):
+        depths = sample_depths(near, far, 4, background=True, disparity_at_infinity=disparity)
+        assert depths[0, -1].item() == pytest.approx(5.0 / disparity)  # the last one at far / d
+    bad = dataclasses.replace(CONFIG, disparity_at_infinity=0.0)
+    with pytest.raises(ValueError, match="model.disparity_at_infinity must be in"):
+        MultiViewUNet(copy.deepcopy(base_unet), bad)
+
+
+def test_the_paper_disparity_by_default_and_the_old_one_for_configs_saved_before(tmp_path):
+    assert load_config("configs/co3d_sd21.yaml").model.disparity_at_infinity == 0.5
+    saved = config_to_dict(Config())
+    del saved["model"]["disparity_at_infinity"]  # a config.json written before the key
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert read_config_json(tmp_path / "config.json").model.disparity_at_infinity == 1e-3

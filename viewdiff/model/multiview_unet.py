@@ -145,6 +145,7 @@ class MultiViewUNet(nn.Module):
                     background=config.projection_background,
                     temb_dim=self.temb_dim,
                     checkpointing=config.projection_checkpointing,
+                    disparity_at_infinity=config.disparity_at_infinity,
                 )
                 hook = functools.partial(self._project_after, key)
                 transformer.register_forward_hook(hook, with_kwargs=True)

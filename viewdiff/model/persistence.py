@@ -33,7 +33,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from viewdiff.config import ConfigError, ModelConfig, config_from_dict
+from viewdiff.config import ConfigError, ModelConfig, config_from_dict, with_legacy_defaults
 from viewdiff.model.multiview_unet import MultiViewUNet
 
 UNetWeights = Literal["full", "lora", "none"]
@@ -140,7 +140,8 @@ def load_multiview_unet(
     directory = Path(directory)
     meta_path = directory / CONFIG_FILE
     meta = _read_meta(meta_path)
-    config = config_from_dict({"model": meta["model"]}, source=str(meta_path)).model
+    saved = with_legacy_defaults({"model": meta["model"]})
+    config = config_from_dict(saved, source=str(meta_path)).model
     if expected_config is not None:
         runtime = {name: getattr(expected_config, name) for name in RUNTIME_FIELDS}
         config = dataclasses.replace(config, **runtime)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from viewdiff.cameras import resize_intrinsics
 from viewdiff.model.aggregate import IBRNetAggregator
-from viewdiff.model.volume_render import VolumeRenderer
+from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, VolumeRenderer
 from viewdiff.model.voxel_grid import grid_world_points, unproject
 from viewdiff.model.voxel_unet import VoxelUNet, group_count
 
@@ -46,6 +46,7 @@ class ProjectionLayer(nn.Module):
         background: bool,
         temb_dim: int,
         checkpointing: bool = False,
+        disparity_at_infinity: float = DISPARITY_AT_INFINITY,
     ) -> None:
         super().__init__()
         if grid_size < 2 or grid_size % 2:
@@ -61,7 +62,9 @@ class ProjectionLayer(nn.Module):
         self.compress = nn.Conv2d(channels, grid_channels, kernel_size=1)
         self.aggregator = IBRNetAggregator(grid_channels, temb_dim)
         self.voxel_unet = VoxelUNet(grid_channels)
-        self.renderer = VolumeRenderer(grid_channels, num_samples, background)
+        self.renderer = VolumeRenderer(
+            grid_channels, num_samples, background, disparity_at_infinity
+        )
         self.expand = nn.Sequential(
             nn.Conv2d(grid_channels + 1, grid_channels, kernel_size=1),
             nn.SiLU(),

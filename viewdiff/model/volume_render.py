@@ -31,7 +31,9 @@ from viewdiff.model.voxel_grid import contract, sample_grid
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 BACKGROUND_RAY_MARGIN = 4.0  # near/far = |C| -/+ 4 in the normalised scene (reference)
-DISPARITY_AT_INFINITY = 1e-3  # the last background sample sits at far / 1e-3 (reference)
+# The last background sample sits at far / d (model.disparity_at_infinity: 1e-3 ours, the
+# reference trains with 0.5).
+DISPARITY_AT_INFINITY = 1e-3
 OPACITY_INIT_BIAS = -5.0  # softplus(-5) ~ 0.007: an almost transparent grid at the start
 
 
@@ -45,15 +47,22 @@ def box_ray_bounds(origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]
     return near, far
 
 
-def sample_depths(near: Tensor, far: Tensor, num_samples: int, background: bool) -> Tensor:
-    """Sample depths (..., S) along rays: S evenly in [near, far] (+ S beyond far to infinity)."""
+def sample_depths(
+    near: Tensor,
+    far: Tensor,
+    num_samples: int,
+    background: bool,
+    disparity_at_infinity: float = DISPARITY_AT_INFINITY,
+) -> Tensor:
+    """Sample depths (..., S) along rays: S evenly in [near, far] (+ S beyond far, evenly in
+    inverse depth down to far / ``disparity_at_infinity``)."""
     steps = torch.linspace(0.0, 1.0, num_samples, dtype=near.dtype, device=near.device)
     depths = near[..., None] + (far - near)[..., None] * steps
     if not background:
         return depths
     # Inverse-depth spacing beyond far: the k-th sample at far / (1 + (d_inf - 1) (k + 1) / S).
     fractions = torch.arange(1, num_samples + 1, dtype=near.dtype, device=near.device) / num_samples
-    beyond = far[..., None] / (1.0 + (DISPARITY_AT_INFINITY - 1.0) * fractions)
+    beyond = far[..., None] / (1.0 + (disparity_at_infinity - 1.0) * fractions)
     return torch.cat([depths, beyond], dim=-1)
 
 
@@ -81,6 +90,7 @@ def render_grid(
     num_samples: int,
     background: bool,
     field: Field,
+    disparity_at_infinity: float = DISPARITY_AT_INFINITY,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Render grids (B, C, G, G, G) along rays (B, R, 3) of the same object.
 
@@ -93,7 +103,7 @@ def render_grid(
         far = distance + BACKGROUND_RAY_MARGIN
     else:
         near, far = box_ray_bounds(origins, directions)
-    depths = sample_depths(near, far, num_samples, background)  # (B, R, S)
+    depths = sample_depths(near, far, num_samples, background, disparity_at_infinity)  # (B,R,S)
     points = origins[..., None, :] + depths[..., None] * directions[..., None, :]  # (B, R, S, 3)
     grid_points = contract(points) if background else points
     samples = depths.shape[-1]
@@ -110,10 +120,21 @@ def render_grid(
 class VolumeRenderer(nn.Module):
     """The learned field and the rendering of a grid into N views (the renderer's parameters)."""
 
-    def __init__(self, channels: int, num_samples: int, background: bool) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_samples: int,
+        background: bool,
+        disparity_at_infinity: float = DISPARITY_AT_INFINITY,
+    ) -> None:
         super().__init__()
+        if not 0.0 < disparity_at_infinity < 1.0:
+            raise ValueError(
+                f"model.disparity_at_infinity must be in (0, 1), got {disparity_at_infinity}"
+            )
         self.num_samples = num_samples
         self.background = background
+        self.disparity_at_infinity = disparity_at_infinity
         self.hidden = nn.Sequential(
             nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels), nn.ReLU()
         )
@@ -153,6 +174,7 @@ class VolumeRenderer(nn.Module):
                 self.num_samples,
                 self.background,
                 self.field,
+                self.disparity_at_infinity,
             )
             features = features + (1.0 - opacity[..., None])  # background colour 1
             out = torch.cat([features, opacity[..., None]], dim=-1)  # (B, N*h*w, C + 1)
