@@ -117,28 +117,27 @@ def model_card(
 
 
 def stage(
-    export: Path,
+    info: ExportInfo,
     folder: Path,
     repo_id: str,
     metrics: dict[str, float] | None,
     self_contained: bool,
     base: Path | None = None,
 ) -> Path:
-    """Write into ``folder`` (new) what the Hub repository gets: the export, or its
-    self-contained folder, and README.md."""
-    info = read_export(export, base)
+    """Write into ``folder`` (new) what the Hub repository gets: the export read as ``info``, or
+    its self-contained folder, and README.md."""
     if self_contained:
-        write_self_contained(export, folder, base)
+        write_self_contained(info.path, folder, base)
     else:
-        shutil.copytree(export, folder)
+        shutil.copytree(info.path, folder)
     card = model_card(info, repo_id, metrics, self_contained)
     (folder / CARD_FILE).write_text(card)
     return folder
 
 
-def push(folder: Path, repo_id: str, private: bool, api: HfApi | None = None) -> str:
+def push(folder: Path, repo_id: str, private: bool) -> str:
     """Upload a staged folder to the Hub repository (created if missing); returns its URL."""
-    api = api or HfApi()
+    api = HfApi()
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(
         repo_id=repo_id,
@@ -187,12 +186,12 @@ def run_push(args: argparse.Namespace) -> None:
     if args.dry_run is not None:
         if args.dry_run.exists():
             args.dry_run.rmdir()  # empty (checked): stage writes a new folder
-        stage(args.export, args.dry_run, args.repo_id, metrics, args.self_contained, args.base)
+        stage(info, args.dry_run, args.repo_id, metrics, args.self_contained, args.base)
         print(f"would upload {args.dry_run}/ to {args.repo_id} (README.md is the model card)")
         return
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "upload"
-        stage(args.export, folder, args.repo_id, metrics, args.self_contained, args.base)
+        stage(info, folder, args.repo_id, metrics, args.self_contained, args.base)
         url = push(folder, args.repo_id, args.private)
     print(f"pushed {args.export} to {url}")
 
