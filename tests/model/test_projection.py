@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pixel_rays, project
-from viewdiff.model.aggregate import weighted_mean_var
+from viewdiff.cameras import intrinsics_from_fov, orbit, pixel_rays, project, resize_intrinsics
+from viewdiff.model.aggregate import IBRNetAggregator, weighted_mean_var
+from viewdiff.model.conv3d import Conv3d
 from viewdiff.model.projection import ProjectionLayer
 from viewdiff.model.volume_render import box_ray_bounds, composite, render_grid
 from viewdiff.model.voxel_grid import (
@@ -253,3 +256,95 @@ def test_bad_settings_are_refused():
         ProjectionLayer(12, 8, 8, 1, True, 16)
     with pytest.raises(ValueError, match="not whole objects of 4 views"):
         make_layer()(**dict(layer_inputs(), n_views=4))
+
+
+# The fast path (usable voxels only, base_fc's shared half once per voxel, 3D convolutions as
+# batched 2D ones on CPU) against the dense path it replaced.
+
+
+def dense_aggregate(agg: IBRNetAggregator, features, valid, depth, directions, temb):
+    """IBRNet aggregation as written first: every voxel, the (mean, var) concatenated per view."""
+    views = features.shape[1]
+    features = features + agg.ray_depth_encoder(torch.cat([directions, depth], dim=-1))
+    features = features + agg.temb_encoder(temb)[:, :, None, :]
+    weight = valid / (valid.sum(dim=1, keepdim=True) + 1e-8)
+    mean, var = weighted_mean_var(features, valid)
+    global_features = torch.cat([mean, var], dim=-1).expand(-1, views, -1, -1)
+    x = agg.base_fc(torch.cat([global_features, features], dim=-1))
+    x_res, visibility = agg.vis_fc(x * weight).split([x.shape[-1], 1], dim=-1)
+    visibility = torch.sigmoid(visibility) * valid
+    x = x + x_res
+    visibility = agg.vis_fc2(x * visibility) * valid
+    mean, var = weighted_mean_var(x, visibility)
+    weight = visibility / (visibility.sum(dim=1, keepdim=True) + 1e-8)
+    return agg.statistics_out(torch.cat([mean[:, 0], var[:, 0], weight.mean(dim=1)], dim=-1))
+
+
+def dense_layer(layer: ProjectionLayer, features, K, w2c, image_size_hw, temb, timesteps, n_views,
+                unprojected=None):  # fmt: skip
+    """The projection layer's forward as written first: all G^3 voxels, nn.Conv3d's kernels."""
+    rows, _, height, width = features.shape
+    objects = rows // n_views
+
+    def per_object(x):
+        return x.reshape(objects, n_views, *x.shape[1:])
+
+    compressed = layer.compress(layer.norm(features))
+    channels = compressed.shape[1]
+    K = per_object(resize_intrinsics(K.float(), image_size_hw, (height, width)))
+    w2c = per_object(w2c.float())
+    points, usable = grid_world_points(layer.grid_size, layer.background, torch.float32, "cpu")
+    sampled, valid, depth, directions = unproject(per_object(compressed), K, w2c, points)
+    valid = valid * usable[:, None].float()
+    if unprojected is not None:
+        valid = valid * per_object(unprojected.float())[:, :, None, None]
+    grid = dense_aggregate(layer.aggregator, sampled * valid, valid, depth, directions,
+                           per_object(temb))  # fmt: skip
+    size = layer.grid_size
+    grid = grid.transpose(1, 2).reshape(objects, channels, size, size, size)
+    grid = layer.voxel_unet(grid, per_object(timesteps).amax(dim=1))
+    rendered = layer.renderer(grid, K, w2c, height, width)
+    return layer.expand(rendered.reshape(rows, channels + 1, height, width))
+
+
+@pytest.mark.parametrize("background", [True, False])
+@pytest.mark.parametrize("left_out", [False, True])
+def test_fast_layer_equals_the_dense_one_with_gradients(background, left_out, monkeypatch):
+    torch.manual_seed(0)
+    layer = ProjectionLayer(12, 8, 8, 8, background, 16)
+    activate(layer)
+    inputs = layer_inputs(objects=2, n_views=3)
+    inputs["features"].requires_grad_()
+    if left_out:
+        inputs["unprojected"] = torch.tensor([True, True, False, True, False, True])
+    out = layer(**inputs)
+    grads = torch.autograd.grad(out.square().sum(), [inputs["features"], *layer.parameters()])
+    monkeypatch.setattr(Conv3d, "forward", nn.Conv3d.forward)  # ATen's own 3D convolution
+    expected = dense_layer(layer, **inputs)
+    expected_grads = torch.autograd.grad(
+        expected.square().sum(), [inputs["features"], *layer.parameters()]
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    names = ["features"] + [name for name, _ in layer.named_parameters()]
+    for name, got, want in zip(names, grads, expected_grads, strict=True):
+        # float32 sums in another order: within 1e-4 of the gradient's largest entry (+ 1e-6)
+        error = (got - want).abs().amax()
+        assert error <= 1e-4 * want.abs().amax() + 1e-6, (name, error)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"),
+    [(3, 1, 1), (3, 2, 1), (1, 1, 0), ((1, 3, 5), (2, 1, 2), (0, 1, 2))],
+)
+def test_conv3d_by_slices_equals_aten_conv3d(kernel, stride, padding):
+    torch.manual_seed(0)
+    conv = Conv3d(5, 7, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 5, 9, 8, 10, requires_grad=True)
+    out = conv(x)
+    expected = F.conv3d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, conv.weight, conv.bias])
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert nn.Conv3d(5, 7, 3).state_dict().keys() == conv.state_dict().keys()

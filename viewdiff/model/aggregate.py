@@ -11,6 +11,7 @@ as linear layers over the channel axis.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -55,6 +56,11 @@ class IBRNetAggregator(nn.Module):
         )
         self.statistics_out = nn.Sequential(nn.Linear(2 * channels + 1, channels), nn.ELU())
 
+    def empty_voxel(self) -> Tensor:
+        """The aggregate (C,) of a voxel no view sees: all statistics zero."""
+        statistics = self.statistics_out[0]
+        return self.statistics_out(statistics.weight.new_zeros(statistics.in_features))
+
     def forward(
         self, features: Tensor, valid: Tensor, depth: Tensor, directions: Tensor, temb: Tensor
     ) -> Tensor:
@@ -62,15 +68,19 @@ class IBRNetAggregator(nn.Module):
 
         valid and depth (B, N, P, 1), directions (B, N, P, 3), temb (B, N, T).
         """
-        views = features.shape[1]
+        channels = features.shape[-1]
         features = features + self.ray_depth_encoder(torch.cat([directions, depth], dim=-1))
         features = features + self.temb_encoder(temb)[:, :, None, :]
         weight = valid / (valid.sum(dim=1, keepdim=True) + 1e-8)
         mean, var = weighted_mean_var(features, valid)
-        global_features = torch.cat([mean, var], dim=-1).expand(-1, views, -1, -1)
-        x = self.base_fc(torch.cat([global_features, features], dim=-1))  # (B, N, P, C)
+        # base_fc's first layer sees [mean, var, features] per view; the (mean, var) part is the
+        # same for all N views, so it is applied once per voxel and broadcast, not concatenated.
+        first, *rest = self.base_fc
+        global_weight, view_weight = first.weight.split([2 * channels, channels], dim=1)
+        x = F.linear(torch.cat([mean, var], dim=-1), global_weight)  # (B, 1, P, 2C)
+        x = nn.Sequential(*rest)(x + F.linear(features, view_weight, first.bias))  # (B, N, P, C)
         # Visibility: a residual feature update and a first weight, then a refined weight.
-        x_res, visibility = self.vis_fc(x * weight).split([x.shape[-1], 1], dim=-1)
+        x_res, visibility = self.vis_fc(x * weight).split([channels, 1], dim=-1)
         visibility = torch.sigmoid(visibility) * valid
         x = x + x_res
         visibility = self.vis_fc2(x * visibility) * valid

@@ -30,8 +30,42 @@ from torch import Tensor, nn
 from viewdiff.cameras import resize_intrinsics
 from viewdiff.model.aggregate import IBRNetAggregator
 from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, VolumeRenderer
-from viewdiff.model.voxel_grid import grid_world_points, unproject
+from viewdiff.model.voxel_grid import unproject, usable_voxels
 from viewdiff.model.voxel_unet import VoxelUNet, group_count
+
+
+def aggregate_views(
+    aggregator: IBRNetAggregator,
+    features: Tensor,
+    K: Tensor,
+    w2c: Tensor,
+    temb: Tensor,
+    unprojected: Tensor | None,
+    grid_size: int,
+    background: bool,
+) -> Tensor:
+    """Unproject N views' feature maps and aggregate them into grids (B, C', G, G, G).
+
+    features (B, N, C', h, w) float32, K (B, N, 3, 3) in pixels of the feature map, w2c
+    (B, N, 4, 4), temb (B, N, T), unprojected (B, N) bool or None (all views). Only the voxels
+    that may hold features are computed (with background modelling half the grid is outside the
+    contraction's image); the others hold the aggregate of no view, as when they are computed.
+    The learned part runs in temb's dtype.
+    """
+    batch, _, channels = features.shape[:3]
+    dtype = temb.dtype
+    points, index = usable_voxels(grid_size, background, features.device)
+    sampled, valid, depth, directions = unproject(features, K, w2c, points)
+    if unprojected is not None:
+        valid = valid * unprojected.to(valid.dtype)[:, :, None, None]
+        sampled = sampled * valid
+    aggregated = aggregator(
+        sampled.to(dtype), valid.to(dtype), depth.to(dtype), directions.to(dtype), temb
+    )  # (B, P_u, C')
+    voxels = grid_size**3
+    grid = aggregator.empty_voxel().to(dtype).expand(batch, voxels, channels)
+    grid = grid.index_copy(1, index, aggregated) if index.shape[0] < voxels else aggregated
+    return grid.transpose(1, 2).reshape(batch, channels, grid_size, grid_size, grid_size)
 
 
 class ProjectionLayer(nn.Module):
@@ -120,28 +154,22 @@ class ProjectionLayer(nn.Module):
         """Compressed features (B*N, C', h, w) -> rendered features + opacity (B*N, C'+1, h, w)."""
         rows, channels, height, width = compressed.shape
         objects = rows // n_views
-        dtype = compressed.dtype
 
         def per_object(x: Tensor) -> Tensor:  # (B*N, ...) -> (B, N, ...)
             return x.reshape(objects, n_views, *x.shape[1:])
 
-        points, usable = grid_world_points(self.grid_size, self.background, torch.float32, K.device)
         K, w2c = per_object(K), per_object(w2c)
-        features, valid, depth, directions = unproject(
-            per_object(compressed).float(), K, w2c, points
-        )  # (B, N, P, C'), (B, N, P, 1), (B, N, P, 1), (B, N, P, 3)
-        valid = valid * usable[:, None].float()
-        if unprojected is not None:
-            valid = valid * per_object(unprojected.to(valid.dtype))[:, :, None, None]
-        grid = self.aggregator(
-            (features * valid).to(dtype),
-            valid.to(dtype),
-            depth.to(dtype),
-            directions.to(dtype),
-            per_object(temb).to(dtype),
-        )  # (B, P, C')
-        size = self.grid_size
-        grid = grid.transpose(1, 2).reshape(objects, channels, size, size, size)
+        valid_views = None if unprojected is None else per_object(unprojected)
+        grid = aggregate_views(
+            self.aggregator,
+            per_object(compressed).float(),
+            K,
+            w2c,
+            per_object(temb).to(compressed.dtype),
+            valid_views,
+            self.grid_size,
+            self.background,
+        )  # (B, C', G, G, G)
         grid = self.voxel_unet(grid, per_object(timesteps).amax(dim=1))
         rendered = self.renderer(grid.float(), K, w2c, height, width)  # (B, N, C'+1, h, w)
         return rendered.reshape(rows, channels + 1, height, width)

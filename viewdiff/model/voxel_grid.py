@@ -14,6 +14,8 @@ coordinates.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,6 +74,18 @@ def grid_world_points(
         return centres, torch.ones(centres.shape[0], dtype=torch.bool, device=device)
     beyond_box = (centres.abs() / FOREGROUND_FRACTION > 1.0).sum(dim=-1)
     return uncontract(centres), beyond_box <= 1
+
+
+@functools.lru_cache(maxsize=16)
+def usable_voxels(size: int, background: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    """World points (P_u, 3) of the voxels that may hold features and their indices (P_u,).
+
+    Without background modelling that is every voxel; with it half of a 32^3 grid is outside the
+    image of the contraction. Cached per grid: the projection layer asks at every call.
+    """
+    points, usable = grid_world_points(size, background, torch.float32, "cpu")
+    index = usable.nonzero()[:, 0]
+    return points[index].to(device), index.to(device)
 
 
 def unproject(

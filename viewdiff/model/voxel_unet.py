@@ -3,7 +3,8 @@
 ViewDiff (Sec. 3.3) processes the fused grid with a 3D CNN before rendering it; the reference
 (``num_3d_layers=5``) uses a 3D UNet with one ResNet block per level, channels [C', 2C'] and its
 own sinusoidal timestep embedding. Same here: conv in, two levels down, a middle block, two levels
-up with skip connections, conv out; G must be even (one 2x downsampling).
+up with skip connections, conv out; G must be even (one 2x downsampling). The convolutions are
+``viewdiff.model.conv3d.Conv3d`` (``nn.Conv3d``, fast on CPU too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
+
+from viewdiff.model.conv3d import Conv3d
 
 
 def group_count(channels: int) -> int:
@@ -27,12 +30,12 @@ class ResnetBlock3D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_dim: int) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(group_count(in_channels), in_channels)
-        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv1 = Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
         self.time_emb_proj = nn.Linear(temb_dim, out_channels)
         self.norm2 = nn.GroupNorm(group_count(out_channels), out_channels)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv2 = Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
         self.shortcut = (
-            nn.Conv3d(in_channels, out_channels, kernel_size=1)
+            Conv3d(in_channels, out_channels, kernel_size=1)
             if in_channels != out_channels
             else nn.Identity()
         )
@@ -54,16 +57,16 @@ class VoxelUNet(nn.Module):
         temb_dim = 4 * channels
         self.time_proj = Timesteps(channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(channels, temb_dim)
-        self.conv_in = nn.Conv3d(channels, channels, kernel_size=3, padding=1)
+        self.conv_in = Conv3d(channels, channels, kernel_size=3, padding=1)
         self.down0 = ResnetBlock3D(channels, channels, temb_dim)
-        self.downsample = nn.Conv3d(channels, channels, kernel_size=3, stride=2, padding=1)
+        self.downsample = Conv3d(channels, channels, kernel_size=3, stride=2, padding=1)
         self.down1 = ResnetBlock3D(channels, wide, temb_dim)
         self.mid = ResnetBlock3D(wide, wide, temb_dim)
         self.up1 = ResnetBlock3D(2 * wide, wide, temb_dim)
-        self.upsample = nn.Conv3d(wide, wide, kernel_size=3, padding=1)
+        self.upsample = Conv3d(wide, wide, kernel_size=3, padding=1)
         self.up0 = ResnetBlock3D(wide + channels, channels, temb_dim)
         self.norm_out = nn.GroupNorm(group_count(channels), channels)
-        self.conv_out = nn.Conv3d(channels, channels, kernel_size=3, padding=1)
+        self.conv_out = Conv3d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, grid: Tensor, timesteps: Tensor) -> Tensor:
         """Refine grids (B, C', G, G, G) at diffusion timesteps (B,)."""
