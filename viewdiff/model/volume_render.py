@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from viewdiff.cameras import pixel_rays
 from viewdiff.model.voxel_grid import contract, sample_grid
 
-# A field maps grid features (B, M, C) seen along directions (B, M, 3) to densities (B, M) and
-# features (B, M, C).
+# A field maps the grid features (B, R, S, C) of S samples on each of R rays, seen along the rays'
+# directions (B, R, 3), to densities (B, R, S) and features (B, R, S, C).
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 BACKGROUND_RAY_MARGIN = 4.0  # near/far = |C| -/+ 4 in the normalised scene (reference)
@@ -106,15 +106,10 @@ def render_grid(
     depths = sample_depths(near, far, num_samples, background, disparity_at_infinity)  # (B,R,S)
     points = origins[..., None, :] + depths[..., None] * directions[..., None, :]  # (B, R, S, 3)
     grid_points = contract(points) if background else points
-    samples = depths.shape[-1]
     features = sample_grid(grid, grid_points.reshape(batch, -1, 3))  # (B, R*S, C)
-    sample_directions = directions[..., None, :].expand(-1, -1, samples, -1).reshape(batch, -1, 3)
-    density, sample_features = field(features, sample_directions)
-    return composite(
-        density.reshape(batch, rays, samples),
-        sample_features.reshape(batch, rays, samples, -1),
-        depths,
-    )
+    features = features.reshape(batch, rays, depths.shape[-1], -1)  # (B, R, S, C)
+    density, sample_features = field(features, directions)
+    return composite(density, sample_features, depths)
 
 
 class VolumeRenderer(nn.Module):
@@ -147,11 +142,12 @@ class VolumeRenderer(nn.Module):
         self.feature = nn.Linear(channels, channels)
 
     def field(self, features: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
-        """Density (B, M) and feature (B, M, C) in [0, 1] of grid samples seen along directions."""
+        """Densities (B, R, S), features (B, R, S, C) in [0, 1] of samples (B, R, S, C) on rays."""
         dtype = self.density.weight.dtype
         hidden = self.hidden(features.to(dtype))
         density = F.softplus(self.density(hidden))[..., 0]
-        ray = self.ray_encoder(F.normalize(directions, dim=-1).to(dtype))
+        # The direction encoding is the same for all samples of a ray: once per ray, broadcast.
+        ray = self.ray_encoder(F.normalize(directions, dim=-1).to(dtype))[:, :, None, :]
         feature = torch.sigmoid(self.feature(F.relu(self.feature_hidden(hidden) + ray)))
         return density.to(features.dtype), feature.to(features.dtype)
 
