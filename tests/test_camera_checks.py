@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from viewdiff.cameras import camera_problem, check_cameras, intrinsics_from_fov, orbit
+from viewdiff.cameras import (
+    camera_problem,
+    check_cameras,
+    intrinsics_from_fov,
+    orbit,
+    usable_cameras,
+)
 from viewdiff.cameras_json import cameras_from_json, cameras_to_json
 from viewdiff.inference.trajectory import Trajectory, check_trajectory
 
@@ -61,6 +67,18 @@ def test_each_bad_camera_is_named(kind):
     Ks, w2cs = torch.stack([K, _bad(kind)[0], K]), torch.stack([w2c, _bad(kind)[1], w2c])
     with pytest.raises(ValueError, match=r"cams\.json: view 1: "):
         check_cameras(Ks, w2cs, "cams.json")
+
+
+def test_the_batched_check_agrees_with_the_one_camera_check():
+    K, w2c = _good()
+    kinds = list(CASES)
+    Ks = torch.stack([K] + [_bad(kind)[0] for kind in kinds])
+    w2cs = torch.stack([w2c] + [_bad(kind)[1] for kind in kinds])
+    expected = [camera_problem(k, w) is None for k, w in zip(Ks, w2cs, strict=True)]
+    assert usable_cameras(Ks, w2cs).tolist() == expected == [True] + [False] * len(kinds)
+    near = w2c.clone()
+    near[:3, :3] *= 1 + 2e-5  # within the tolerance: usable for both
+    assert usable_cameras(K[None], near[None])[0] and camera_problem(K, near) is None
 
 
 @pytest.mark.parametrize("kind", ["nan K", "zero focal", "reflection"])

@@ -187,13 +187,36 @@ def camera_problem(K: Tensor, w2c: Tensor, tolerance: float = RIGID_TOLERANCE) -
     return None
 
 
-def check_cameras(K: Tensor, w2c: Tensor, source: str) -> None:
-    """A ValueError naming ``source`` and the first bad view unless every camera of K (V, 3, 3)
-    and w2c (V, 4, 4) is usable (``camera_problem``)."""
+def usable_cameras(K: Tensor, w2c: Tensor, tolerance: float = RIGID_TOLERANCE) -> Tensor:
+    """Which cameras of K (V, 3, 3) and w2c (V, 4, 4) pass ``camera_problem`` (V,), all at once."""
+    K, w2c = K.double(), w2c.double()
+    finite = torch.isfinite(K).flatten(1).all(dim=1) & torch.isfinite(w2c).flatten(1).all(dim=1)
+    focal = (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
+    last_K = torch.isclose(K[:, 2], K.new_tensor([0.0, 0.0, 1.0]), atol=tolerance).all(dim=1)
+    last_w2c = torch.isclose(w2c[:, 3], w2c.new_tensor([0.0, 0.0, 0.0, 1.0]), atol=tolerance)
+    rotation = w2c[:, :3, :3]
+    drift = (rotation @ rotation.transpose(1, 2) - torch.eye(3, dtype=K.dtype)).abs().amax((1, 2))
+    rigid = (drift <= tolerance) & ((torch.linalg.det(rotation) - 1).abs() <= tolerance)
+    return finite & focal & last_K & last_w2c.all(dim=1) & rigid
+
+
+def first_camera_problem(K: Tensor, w2c: Tensor) -> tuple[int, str] | None:
+    """The first bad view of K (V, 3, 3), w2c (V, 4, 4) and what is wrong with it, or None."""
+    if bool(usable_cameras(K, w2c).all()):
+        return None
     for view in range(K.shape[0]):
         problem = camera_problem(K[view], w2c[view])
         if problem is not None:
-            raise ValueError(f"{source}: view {view}: {problem}")
+            return view, problem
+    return None
+
+
+def check_cameras(K: Tensor, w2c: Tensor, source: str) -> None:
+    """A ValueError naming ``source`` and the first bad view unless every camera of K (V, 3, 3)
+    and w2c (V, 4, 4) is usable (``camera_problem``)."""
+    found = first_camera_problem(K, w2c)
+    if found is not None:
+        raise ValueError(f"{source}: view {found[0]}: {found[1]}")
 
 
 def camera_centers(w2c: Tensor) -> Tensor:
@@ -371,8 +394,11 @@ POSE_FEATURE_DIM = 10
 
 def intensity_stats(images: Tensor) -> Tensor:
     """Mean and (unbiased) variance over channels and pixels of images (..., C, H, W): (..., 2)."""
-    var, mean = torch.var_mean(images.flatten(-3), dim=-1)
-    return torch.stack([mean, var], dim=-1)
+    pixels = images.flatten(-3)
+    # Two passes: several times faster on CPU than torch.var_mean's single pass.
+    mean = pixels.mean(dim=-1, keepdim=True)
+    var = (pixels - mean).square().sum(dim=-1) / (pixels.shape[-1] - 1)
+    return torch.stack([mean[..., 0], var], dim=-1)
 
 
 def pose_features(

@@ -36,6 +36,7 @@ from viewdiff.data.stream import (
     build_loader,
     build_pipeline,
     spread_views,
+    to_float_views,
 )
 from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects
 
@@ -105,6 +106,17 @@ def test_batch_has_the_design_layout(shards, co3d_root):
         captions = json.loads((co3d_root / batch["category"][b] / "captions.json").read_text())
         assert prompt in captions[batch["sequence"][b]]
     assert len(batch["key"]) == 2 and batch["skipped"] == 0 and batch["worker"] == 0
+
+
+def test_workers_send_bytes_and_the_main_process_makes_the_floats(shards):
+    (sent,) = islice(build_pipeline(config(shards), batch_size=2, seed=0), 1)
+    assert sent["images"].dtype == torch.uint8 and sent["masks"].dtype == torch.uint8
+    (batch,) = first_batches(config(shards), 1, seed=0)
+    assert torch.equal(batch["images"], sent["images"].float() / 127.5 - 1.0)
+    assert torch.equal(batch["masks"], sent["masks"].float() / 255.0)
+    torch.testing.assert_close(batch["intensity_stats"], intensity_stats(batch["images"]))
+    images, masks = to_float_views(torch.tensor([0, 255], dtype=torch.uint8), torch.tensor([255]))
+    assert images.tolist() == [-1.0, 1.0] and masks.tolist() == [1.0]
 
 
 def test_known_object_points_project_into_every_views_mask(shards, co3d_root):
@@ -373,4 +385,4 @@ def test_data_throughput_benchmark_prints_a_line_per_worker_count(capsys):
     bench = runpy.run_path(str(REPO / "bench/data_throughput.py"))
     bench["main"](["--sequences", "1", "--frames", "8", "--size", "64", "--batches", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all("samples/s" in line and "views/s" in line for line in lines)
+    assert len(lines) == 3 and all("views/s per core" in line for line in lines)  # 0, 1, 2 workers

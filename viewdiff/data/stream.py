@@ -41,7 +41,7 @@ import webdataset as wds
 from PIL import Image
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers, camera_problem, intensity_stats, pose_features
+from viewdiff.cameras import camera_centers, first_camera_problem, intensity_stats, pose_features
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import read_manifest
 
@@ -205,10 +205,9 @@ class DrawViews:
             )
         w2c = torch.tensor([frame["w2c"] for frame in frames], dtype=torch.float64)
         K = torch.tensor([frame["K"] for frame in frames], dtype=torch.float64)
-        for index in range(len(frames)):  # a bad camera would train on garbage: skip the sample
-            problem = camera_problem(K[index], w2c[index])
-            if problem is not None:
-                raise SampleError(f"{where}: view {index}: {problem}")
+        found = first_camera_problem(K, w2c)  # a bad camera would train on garbage: skip it
+        if found is not None:
+            raise SampleError(f"{where}: view {found[0]}: {found[1]}")
         if self.view_sampling == "spread":
             chosen = spread_views(w2c, self.n_views, rng)
         else:
@@ -242,7 +241,7 @@ def decode_image(data: bytes, mode: str, size: int, where: str) -> np.ndarray:
 
 
 class DecodeViews:
-    """Stage: chosen views -> float tensors, intensity stats and pose features."""
+    """Stage: chosen views -> byte images and masks, intensity stats and pose features."""
 
     def __init__(self, image_size: int, counter: SkipCounter) -> None:
         self.image_size, self.counter = image_size, counter
@@ -258,15 +257,16 @@ class DecodeViews:
             yield decoded
 
     def decode(self, item: dict) -> dict:
-        """Images in [-1, 1], masks in [0, 1] and the per-view conditions of one sample."""
+        """Images and masks as bytes (floats come in the main process, ``ViewBatches``) and the
+        per-view conditions of one sample."""
         size, where = self.image_size, item["where"]
         images = np.stack([decode_image(data, "RGB", size, where) for data in item["jpg"]])
         masks = np.stack([decode_image(data, "L", size, where) for data in item["png"]])
-        # Channels first while still bytes (a quarter of the copy), then to floats in place.
         images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
-        images = images.float().div_(127.5).sub_(1.0)  # [-1, 1]
-        masks = torch.from_numpy(masks)[:, None].float().div_(255.0)  # (N, 1, H, W) in [0, 1]
-        stats = intensity_stats(images)  # (N, 2)
+        masks = torch.from_numpy(masks)[:, None]  # (N, 1, H, W) uint8
+        # Statistics of the [-1, 1] images: x = u / 127.5 - 1 for bytes u.
+        stats = intensity_stats(images.float()) / torch.tensor([127.5, 127.5**2])
+        stats[:, 0] -= 1.0  # (N, 2)
         features = pose_features(item["K"], item["w2c"], (size, size), stats.double())  # (N, 10)
         return {
             "images": images,
@@ -287,9 +287,17 @@ TENSOR_KEYS = (
 )  # fmt: skip
 
 
+def stack(tensors: Sequence[Tensor]) -> Tensor:
+    """torch.stack, into shared memory in a DataLoader worker (sent without another copy)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(list(tensors))
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype).share_memory_()
+    return torch.stack(list(tensors), out=out)
+
+
 def collate_views(samples: Sequence[dict]) -> dict:
-    """Stack decoded samples into the batch of DESIGN.md: tensors (B, N, ...), lists of B."""
-    batch = {key: torch.stack([sample[key] for sample in samples]) for key in TENSOR_KEYS}
+    """Stack decoded samples into a batch: tensors (B, N, ...), lists of B (images as bytes)."""
+    batch = {key: stack([sample[key] for sample in samples]) for key in TENSOR_KEYS}
     for key in ("prompt", "key", "category", "sequence"):
         batch[key] = [sample[key] for sample in samples]
     return batch
@@ -393,6 +401,38 @@ def build_pipeline(
     )
 
 
+def to_float_views(
+    images: Tensor, masks: Tensor, pin_memory: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Byte images (..., 3, H, W) -> [-1, 1] and byte masks (..., 1, H, W) -> [0, 1], float32,
+    written once (into page-locked memory when ``pin_memory``, for asynchronous copies)."""
+    image_floats = torch.empty(images.shape, dtype=torch.float32, pin_memory=pin_memory)
+    mask_floats = torch.empty(masks.shape, dtype=torch.float32, pin_memory=pin_memory)
+    torch.div(images, 127.5, out=image_floats).sub_(1.0)
+    torch.div(masks, 255.0, out=mask_floats)
+    return image_floats, mask_floats
+
+
+class ViewBatches:
+    """Iterable over a DataLoader's batches, with images and masks turned into floats.
+
+    Workers send images and masks as bytes, a quarter of float32's: the copy into shared memory
+    was what made one worker slower than none. The batch is the one DESIGN.md specifies: images
+    (B, N, 3, H, W) in [-1, 1], masks (B, N, 1, H, W) in [0, 1].
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, pin_memory: bool) -> None:
+        self.loader, self.pin_memory = loader, pin_memory
+
+    def __iter__(self) -> Iterator[dict]:
+        """The batches, endless when the loader's pipeline is resampled."""
+        for batch in self.loader:
+            batch["images"], batch["masks"] = to_float_views(
+                batch["images"], batch["masks"], self.pin_memory
+            )
+            yield batch
+
+
 def build_loader(
     data: DataConfig,
     batch_size: int,
@@ -401,13 +441,17 @@ def build_loader(
     world_size: int = 1,
     resampled: bool = True,
     num_workers: int | None = None,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader of batches of N posed views (endless when ``resampled``) for one rank."""
+    pin_memory: bool | None = None,
+) -> ViewBatches:
+    """Batches of N posed views (endless when ``resampled``) for one rank, from DataLoader
+    workers; page-locked for the GPU when CUDA is available (or as ``pin_memory`` says)."""
     workers = data.num_workers if num_workers is None else num_workers
     pipeline = build_pipeline(data, batch_size, seed, rank, world_size, resampled)
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         pipeline,
         batch_size=None,  # the pipeline batches
         num_workers=workers,
         persistent_workers=workers > 0 and resampled,
     )
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return ViewBatches(loader, pin)
