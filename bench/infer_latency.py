@@ -15,14 +15,18 @@ random too: a 77-token text encoder pass is negligible beside 10 UNet steps over
 projection layers use the paper's settings (C'=16, G=32, 128 samples per ray, background) with
 ``--full`` or ``--paper-3d``, and configs/tiny_cpu.yaml's (C'=8, G=8, 16 samples) otherwise: on a
 CPU the paper's grid costs minutes per batch even around a tiny UNet. The reference reports about
-15 s for 30 views on an RTX 3090.
+15 s for 30 views on an RTX 3090. ``--device``, ``--dtype``, ``--sizes`` and ``--small-3d`` (the
+tiny_cpu grid) override the ``--full`` defaults (e.g. to run that path on a CPU with a tiny
+UNet); ``--json PATH`` also writes the figures as JSON (bench/json_records.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -46,6 +50,9 @@ from viewdiff.tiny import (
     unet_config,
     vae_config,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # json_records, beside this file
+from json_records import JsonRecords, add_json_option  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZES = {
@@ -115,7 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="SD 2.1 base, 256 px, fp16, CUDA")
-    parser.add_argument("--sizes", nargs="+", choices=("tiny", "mid"), default=["tiny", "mid"])
+    parser.add_argument(
+        "--sizes", nargs="+", choices=list(SIZES), help="default tiny mid; sd21 with --full"
+    )
     parser.add_argument("--views", type=positive_int, default=30, help="views per batch")
     parser.add_argument("--steps", type=positive_int, default=10, help="UniPC steps")
     parser.add_argument("--repeats", type=positive_int, default=1, help="timed batches per setting")
@@ -126,6 +135,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --full)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default fp32; fp16 with --full")
     parser.add_argument("--paper-3d", action="store_true", help="C'=16, G=32, 128 samples/ray")
+    parser.add_argument(
+        "--small-3d", action="store_true", help="C'=8, G=8, 16 samples/ray, also with --full"
+    )
+    add_json_option(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))
     args.dtype = args.dtype or ("fp16" if args.full else "fp32")
@@ -133,8 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"device {args.device} needs CUDA, which is not available here")
     if "window" in args.batches and not 0 < args.given < args.views:
         parser.error(f"--given must be in [1, --views={args.views}) for the window batch")
-    args.sizes = ["sd21"] if args.full else args.sizes
-    args.paper_3d = args.paper_3d or args.full
+    if args.paper_3d and args.small_3d:
+        parser.error("--paper-3d and --small-3d exclude each other")
+    args.sizes = args.sizes or (["sd21"] if args.full else ["tiny", "mid"])
+    args.paper_3d = (args.paper_3d or args.full) and not args.small_3d
     return args
 
 
@@ -142,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     """Time every (size, batch) and print one line each."""
     args = parse_args(argv)
     dtype = DTYPES[args.dtype]
+    records = JsonRecords(args.json)
     for size in args.sizes:
         model, vae = build(size, args.paper_3d, args.device, dtype)
         resolution = SIZES[size][2]
@@ -157,6 +173,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"{elapsed:8.2f} s/batch  {elapsed / new:7.3f} s/new view",
                 flush=True,
             )
+            records.add({"size": size, "resolution": resolution, "batch": name,
+                         "views": args.views, "given": given, "new": new, "guidance": guidance,
+                         "unipc_steps": args.steps, "dtype": args.dtype,
+                         "device": args.device.type, "3d": "paper" if args.paper_3d else "tiny_cpu",
+                         "s_per_batch": elapsed, "s_per_new_view": elapsed / new})  # fmt: skip
         del model, vae
 
 

@@ -8,7 +8,8 @@ Every size and resolution is measured with each multi-view component on its own 
 (pose-conditioned LoRA), ``+projection`` (voxel projection layers) and ``all``. The projection
 layers use the paper's settings (C'=16, G=32, 128 samples per ray, background modelling) unless
 ``--small-3d``. Weights are random: timing needs no pretrained weights. ``--device``, ``--dtype``
-and ``--unet`` override the ``--full`` defaults (e.g. to run that path on a CPU with a tiny UNet).
+and ``--unet`` override the ``--full`` defaults (e.g. to run that path on a CPU with a tiny UNet);
+``--json PATH`` also writes the figures as JSON (bench/json_records.py).
 On CPU the peak is the process's resident set (Python and torch included), reset before each
 configuration where Linux allows it (/proc/self/clear_refs); on CUDA it is the allocator's peak.
 """
@@ -22,6 +23,7 @@ import dataclasses
 import gc
 import re
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +35,9 @@ from viewdiff.cli_args import positive_int
 from viewdiff.config import ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.tiny import build_unet, sd21_base_unet_config, unet_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # json_records, beside this file
+from json_records import JsonRecords, add_json_option  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 UNETS = {
@@ -99,16 +104,16 @@ def reset_peak(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_memory(device: torch.device) -> str:
-    """Peak memory since ``reset_peak``: CUDA allocator peak, or the peak resident set on CPU."""
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """GiB peak since ``reset_peak`` and what it is: CUDA allocator peak, or peak RSS on CPU."""
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA peak)"
+        return torch.cuda.max_memory_allocated(device) / 2**30, "CUDA peak"
     try:
         kib = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-        return f"{kib / 2**20:.2f} GiB (peak RSS)"
+        return kib / 2**20, "peak RSS"
     except (OSError, AttributeError):
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return f"{kib / 2**20:.2f} GiB (process peak RSS so far)"
+        return kib / 2**20, "process peak RSS so far"
 
 
 def time_step(step, steps: int, device: torch.device) -> float:
@@ -142,6 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=list(DTYPES), help="default fp32; bf16 with --full")
     parser.add_argument("--unet", choices=list(UNETS), help="the --full UNet (default sd21)")
     parser.add_argument("--small-3d", action="store_true", help="C'=8, G=8, 8 samples per ray")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))
     args.dtype = args.dtype or ("bf16" if args.full else "fp32")
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     dtype = DTYPES[args.dtype]
     torch.set_grad_enabled(True)
+    records = JsonRecords(args.json)
     for size, resolution in args.grid:
         unet_cfg = UNETS[size]() if args.full else unet_config(size)
         for variant in args.variants:
@@ -174,12 +181,18 @@ def main(argv: list[str] | None = None) -> None:
             reset_peak(args.device)
             seconds = time_step(step, args.steps, args.device)
             images = args.views * args.objects
+            peak_gib, peak_kind = peak_memory(args.device)
             print(
                 f"{size:9s} {resolution:4d}px {variant:12s} {params:8.2f}M params  "
                 f"N={args.views}x{args.objects} {args.dtype}  {seconds:8.3f} s/step  "
-                f"{images / seconds:8.2f} images/s  peak {peak_memory(args.device)}",
+                f"{images / seconds:8.2f} images/s  peak {peak_gib:.2f} GiB ({peak_kind})",
                 flush=True,
             )
+            records.add({"unet": size, "resolution": resolution, "variant": variant,
+                         "params_m": params, "views": args.views, "objects": args.objects,
+                         "dtype": args.dtype, "device": args.device.type, "s_per_step": seconds,
+                         "images_per_s": images / seconds, "peak_gib": peak_gib,
+                         "peak_kind": peak_kind})  # fmt: skip
             del model, step
 
 

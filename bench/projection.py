@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,9 @@ from viewdiff.cli_args import positive_int
 from viewdiff.model.aggregate import IBRNetAggregator
 from viewdiff.model.projection import ProjectionLayer, aggregate_views
 from viewdiff.model.voxel_grid import grid_world_points
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # json_records, beside this file
+from json_records import JsonRecords, add_json_option  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEMB_DIM = 128  # the UNet's time embedding width (tiny UNet: 4 x 32)
@@ -194,7 +199,7 @@ def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def pieces_table(args: argparse.Namespace) -> list[dict]:
+def pieces_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
     """Unproject + aggregate: ours against the reference's layout, per feature and grid size."""
     rows = []
     settings = [
@@ -234,6 +239,7 @@ def pieces_table(args: argparse.Namespace) -> list[dict]:
             "max_difference": float(difference),
         }
         rows.append(row)
+        records.add({"table": "unproject+aggregate", **row})
         print(
             f"unproject+aggregate  N={args.views} C'={args.channels} {feature_size:3d}x"
             f"{feature_size:<3d} G={grid_size:3d}^3 {'bg' if background else 'fg'}  "
@@ -245,7 +251,7 @@ def pieces_table(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def layer_table(args: argparse.Namespace) -> list[dict]:
+def layer_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
     """The whole projection layer with the paper's 3D settings, per feature size."""
     rows = []
     image = 64
@@ -272,6 +278,7 @@ def layer_table(args: argparse.Namespace) -> list[dict]:
         for name, seconds in medians.items():
             row = {"features": feature_size, "variant": name, "ms": 1e3 * seconds}
             rows.append(row)
+            records.add({"table": "projection layer", **row})
             print(
                 f"projection layer     N={args.views} C'={args.channels} {feature_size:3d}x"
                 f"{feature_size:<3d} G= 32^3 S=128+128  {name:8s} {row['ms']:8.1f} ms fwd+bwd",
@@ -303,6 +310,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer-only", action="store_true", help="only the whole-layer table")
     parser.add_argument("--pieces-only", action="store_true", help="only the pieces table")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile's layer")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))
     args.dtype = DTYPES[args.dtype or ("bf16" if args.full else "fp32")]
@@ -317,11 +325,11 @@ def main(argv: list[str] | None = None) -> dict:
     """Print both tables and return their rows."""
     args = parse_args(argv)
     torch.set_grad_enabled(True)
-    results = {}
+    results, records = {}, JsonRecords(args.json)
     if not args.layer_only:
-        results["pieces"] = pieces_table(args)
+        results["pieces"] = pieces_table(args, records)
     if not args.pieces_only:
-        results["layer"] = layer_table(args)
+        results["layer"] = layer_table(args, records)
     return results
 
 

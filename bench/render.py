@@ -2,10 +2,12 @@
 
     python bench/render.py          # CPU, torch backend: 1k/10k/100k Gaussians x 64/128/256 px
     python bench/render.py --gpu    # CUDA: the torch and gsplat backends side by side
+    python bench/render.py --gpu --backends gsplat    # CUDA: one of them
     python bench/render.py --fit    # the 64 px fitting check of tests/scene/test_fit.py, timed
 
 Scenes are random balls of Gaussians sized by their neighbours' distances (as 3DGS initialises
-them) with opacity 0.5, seen from 4 units away with a 48 degree field of view.
+them) with opacity 0.5, seen from 4 units away with a 48 degree field of view. ``--json PATH``
+also writes the grid's figures as JSON (bench/json_records.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,6 +26,9 @@ from viewdiff.cli_args import positive_int
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, random_scene
 from viewdiff.scene.render import render
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # json_records, beside this file
+from json_records import JsonRecords, add_json_option  # noqa: E402
 
 
 def time_render(scene: GaussianScene, size: int, backend: str, repeats: int) -> tuple[float, float]:
@@ -51,11 +58,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory(device: torch.device) -> str:
-    """Peak memory so far: CUDA allocator peak, or the process's peak resident set on CPU."""
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """GiB peak so far and what it is: CUDA allocator peak, or the process's peak RSS on CPU."""
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB CUDA peak"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
+        return torch.cuda.max_memory_allocated(device) / 2**30, "CUDA peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS"
 
 
 def run_fit() -> None:
@@ -113,8 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=positive_int, default=3, help="timed passes per configuration"
     )
     parser.add_argument(
+        "--backends", nargs="+", choices=("torch", "gsplat"), help="default torch; both with --gpu"
+    )
+    parser.add_argument(
         "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)"
     )
+    add_json_option(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,9 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.gpu:
         if not torch.cuda.is_available():
             parser.error("--gpu needs a CUDA device")
-        device, backends = torch.device("cuda"), ["torch", "gsplat"]
+        device, backends = torch.device("cuda"), args.backends or ["torch", "gsplat"]
     else:
-        device, backends = torch.device("cpu"), ["torch"]
+        device, backends = torch.device("cpu"), args.backends or ["torch"]
+        if "gsplat" in backends:
+            parser.error("--backends gsplat needs --gpu (gsplat renders on CUDA only)")
+    records = JsonRecords(args.json)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     for count in args.gaussians:
         generator = torch.Generator().manual_seed(0)
@@ -135,11 +149,17 @@ def main(argv: list[str] | None = None) -> None:
         for size in args.sizes:
             for backend in backends:
                 forward, backward = time_render(scene, size, backend, args.repeats)
+                peak_gib, peak_kind = peak_memory(device)
                 print(
                     f"{count:7d} Gaussians {size:4d}px {backend:6s} forward {forward * 1e3:8.1f} ms"
                     f"  backward {backward * 1e3:8.1f} ms  {1 / (forward + backward):7.2f} views/s"
-                    f"  {peak_memory(device)}"
+                    f"  {peak_gib:.2f} GiB {peak_kind}",
+                    flush=True,
                 )
+                records.add({"gaussians": count, "resolution": size, "backend": backend,
+                             "device": device.type, "forward_ms": forward * 1e3,
+                             "backward_ms": backward * 1e3, "views_per_s": 1 / (forward + backward),
+                             "peak_gib": peak_gib, "peak_kind": peak_kind})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ and adds the model FLOPs of a step (matmuls, convolutions and attention of the f
 forward and the UNet's forward and backward, counted by torch.utils.flop_counter, recomputation
 included when checkpointing) and the model-FLOPs utilisation against ``--peak-tflops``
 (default: the dense bf16 peak of the GPU's name, e.g. 989 for H100/H200 SXM). ``--device``,
-``--dtype``, ``--sizes`` override the ``--full`` defaults (e.g. to run that path on a CPU).
+``--dtype``, ``--sizes`` override the ``--full`` defaults (e.g. to run that path on a CPU);
+``--gradient-checkpointing`` switches on train.gradient_checkpointing (the UNet's blocks are
+recomputed in the backward pass); ``--json PATH`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import dataclasses
 import gc
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +59,9 @@ from viewdiff.training.data_segments import SegmentedBatches
 from viewdiff.training.modes import COMPUTE_DTYPES, build_training_model, cast_frozen
 from viewdiff.training.optim import build_optimizer, parameter_groups
 from viewdiff.training.step import TrainingParts, train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # json_records, beside this file
+from json_records import JsonRecords, add_json_option  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTIONS = {"tiny": 64, "mid": 128, "sd21": 256}
@@ -156,11 +162,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory(device: torch.device) -> str:
-    """CUDA allocator peak since the last reset, or the process's peak resident set on CPU."""
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """GiB peak and what it is: the CUDA allocator's since the last reset, or the process's peak
+    resident set on CPU."""
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA peak)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
+        return torch.cuda.max_memory_allocated(device) / 2**30, "CUDA peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process RSS"
 
 
 def step_flops(parts: TrainingParts, data: SegmentedBatches, step: int) -> float:
@@ -170,8 +177,10 @@ def step_flops(parts: TrainingParts, data: SegmentedBatches, step: int) -> float
     return float(counter.get_total_flops())
 
 
-def run(args: argparse.Namespace, size: str, accelerator: Accelerator, folder: Path) -> str:
-    """Time one size; returns its line."""
+def run(
+    args: argparse.Namespace, size: str, accelerator: Accelerator, folder: Path
+) -> tuple[str, dict]:
+    """Time one size; returns its line and its figures."""
     config = bench_config(args, size, shards(folder, RESOLUTIONS[size]), folder / "run")
     torch.manual_seed(0)
     parts = training_parts(config, base_pipeline(size, folder), accelerator)
@@ -188,21 +197,31 @@ def run(args: argparse.Namespace, size: str, accelerator: Accelerator, folder: P
     synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
     views = args.batch * args.views
+    data_share = data.wait_seconds / args.steps / seconds
+    peak_gib, peak_kind = peak_memory(device)
     line = (
         f"{size:5s} {RESOLUTIONS[size]:4d}px N={args.views} B={args.batch} {args.dtype:4s} "
         f"{config.train.mode} "
         f"{device.type}: {seconds:8.3f} s/step {args.batch / seconds:8.2f} samples/s "
-        f"{views / seconds:8.2f} views/s  data {data.wait_seconds / args.steps / seconds:4.0%}  "
-        f"peak {peak_memory(device)}"
+        f"{views / seconds:8.2f} views/s  data {data_share:4.0%}  "
+        f"peak {peak_gib:.2f} GiB ({peak_kind})"
     )
+    record = {"size": size, "resolution": RESOLUTIONS[size], "views": args.views,
+              "batch": args.batch, "dtype": args.dtype, "mode": config.train.mode,
+              "gradient_checkpointing": args.gradient_checkpointing, "device": device.type,
+              "s_per_step": seconds, "samples_per_s": args.batch / seconds,
+              "views_per_s": views / seconds, "data_wait_share": data_share,
+              "peak_gib": peak_gib, "peak_kind": peak_kind}  # fmt: skip
     if args.flops:
         flops = step_flops(parts, data, args.warmup + args.steps)
         achieved = flops / seconds / 1e12
         line += f"  {flops / 1e12:.3g} TFLOP/step  {achieved:.3g} TFLOP/s"
+        record |= {"tflop_per_step": flops / 1e12, "tflop_per_s": achieved}
         if args.peak_tflops:
             line += f"  MFU {achieved / args.peak_tflops:.1%} of {args.peak_tflops:g}"
+            record |= {"peak_tflops": args.peak_tflops, "mfu": achieved / args.peak_tflops}
     data.close()
-    return line
+    return line, record
 
 
 def gpu_peak_tflops(device: torch.device) -> float | None:
@@ -238,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peak-tflops", type=nonnegative_float, help="peak of the device for the MFU"
     )
+    add_json_option(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))
     if args.device.type == "cuda" and not torch.cuda.is_available():
@@ -255,9 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     """Time every size and print one line each."""
     args = parse_args(argv)
     accelerator = Accelerator(cpu=args.device.type == "cpu", mixed_precision=args.dtype)
+    records = JsonRecords(args.json)
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix=f"train-throughput-{size}-") as folder:
-            print(run(args, size, accelerator, Path(folder)), flush=True)
+            line, record = run(args, size, accelerator, Path(folder))
+            print(line, flush=True)
+            records.add(record)
         gc.collect()
 
 

@@ -145,6 +145,13 @@ SCRIPT_CASES = {
         "argument --n-views: must be at least 1"),
     "bench: --steps 0": (
         "bench/sds_step.py", ["--steps", "0"], "argument --steps: must be at least 1"),
+    "bench: --json in a missing folder": (
+        "bench/model_step.py", ["--json", "{missing}/figures.json"],
+        "argument --json: the folder of"),
+    "bench: --json is a folder": (
+        "bench/render.py", ["--json", "{dir}"], "argument --json: "),
+    "gpu_suite: --out is a file": (
+        "bench/gpu_suite.py", ["--smoke", "--out", "{file}"], "is a file, not a folder"),
 }  # fmt: skip
 
 

@@ -82,3 +82,22 @@ def test_trame_quality_benchmark_measures_every_variant_quickly(tmp_path, capsys
         assert 0 <= metrics["target_colour"] <= 1 and len(metrics["colours"]) == 24
         assert 0 < metrics["consistency_psnr"] < 100 and 0 < metrics["outside_psnr"] < 100
     assert (tmp_path / "trame_quality.png").is_file() and "| no_tas |" in capsys.readouterr().out
+
+
+def test_projection_benchmark_restates_the_reference_pieces_faithfully(capsys):
+    bench = runpy.run_path("bench/projection.py")
+    torch = bench["torch"]
+    for background in (False, True):
+        torch.manual_seed(0)
+        aggregator = bench["IBRNetAggregator"](16, bench["TEMB_DIM"])
+        with torch.no_grad():  # the viewing directions are the one input found differently
+            aggregator.ray_depth_encoder[0].weight[:, :3] = 0
+        reference = bench["ReferencePieces"](aggregator)
+        K, w2c = bench["scene"](5, 8, torch.device("cpu"))
+        points, usable = bench["grid_world_points"](8, background, torch.float32, "cpu")
+        inputs = (torch.randn(1, 5, 16, 8, 8), K, w2c, points, usable, torch.randn(1, 5, 128))
+        ours = bench["ours"](aggregator, background)(*inputs)
+        torch.testing.assert_close(ours, reference(*inputs), rtol=1e-5, atol=1e-5)
+    bench["main"](["--features", "8", "--grids", "8", "--repeats", "1", "--background", "on"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "ratio" in lines[0] and "fwd+bwd" in lines[1], lines
