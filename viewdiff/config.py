@@ -163,6 +163,10 @@ class TrainConfig:
     lr_step_rules: str = ""
     """Rules of piecewise_constant, diffusers' format: "1:10,0.1:20,0.01" (factor:until_step)."""
 
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """torch's AdamW, or bitsandbytes' AdamW8bit (optimiser state in 8 bits: a quarter of the
+    memory of AdamW's two float32 moments; needs `pip install bitsandbytes`)."""
+
     adam_beta1: float = 0.9
     """AdamW beta1."""
 

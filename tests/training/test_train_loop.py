@@ -2,6 +2,7 @@
 training modes, NaN policies, bad input, and a loss that falls on one object."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -281,6 +282,43 @@ def test_gradient_checkpointing_computes_the_same_step(run_args, tmp_path):
         weights.append(load_file(out / "checkpoints" / "checkpoint-1" / "trainable.safetensors"))
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_adamw8bit_without_bitsandbytes_exits_2(
+    run_args, tmp_path, capsys, no_compute, monkeypatch
+):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_args(tmp_path / "run", "train.optimizer=adamw8bit"))
+    assert exit_info.value.code == 2
+    assert "train.optimizer=adamw8bit needs bitsandbytes" in capsys.readouterr().err
+
+
+def test_adamw8bit_trains_and_resumes_exactly(run_args, tmp_path):
+    pytest.importorskip("bitsandbytes")  # in the dev extra: CI has it
+    common = ("train.optimizer=adamw8bit", "train.checkpoint_every=2", "train.checkpoints_keep=3")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert train.main(run_args(whole, "train.max_steps=3", *common)) == 0
+    assert train.main(run_args(resumed, "train.max_steps=2", *common)) == 0
+    again = run_args(resumed, "train.max_steps=3", "train.resume=latest", *common)
+    assert train.main(again) == 0
+    first = load_file(whole / "checkpoints" / "checkpoint-3" / "trainable.safetensors")
+    second = load_file(resumed / "checkpoints" / "checkpoint-3" / "trainable.safetensors")
+    start = load_file(whole / "checkpoints" / "checkpoint-2" / "trainable.safetensors")
+    assert any(not torch.equal(first[key], start[key]) for key in first)  # it trained
+    for key, value in first.items():
+        torch.testing.assert_close(second[key], value, rtol=0, atol=0, msg=key)
+    optimizer = torch.load(
+        whole / "checkpoints" / "checkpoint-3" / "optimizer.bin", weights_only=False
+    )
+    # bitsandbytes keeps tensors under 4096 entries in 32 bits, the larger ones in 8
+    states = [state["__bnb_optimizer_quant_state__"] for state in optimizer["state"].values()]
+    assert any(state["state1"].dtype == torch.uint8 for state in states)
 
 
 def test_skipped_samples_are_counted_in_checkpoints_and_logs(

@@ -1,5 +1,8 @@
 """AdamW over named parameter groups, and the learning-rate schedule (diffusers' schedules).
 
+``train.optimizer=adamw8bit`` takes bitsandbytes' AdamW8bit (block-wise 8-bit moments, Dettmers et
+al. 2022) with the same groups and settings; its state checkpoints and resumes like AdamW's.
+
 Groups (the reference's two learning rates): 'unet' (base weights or their peft LoRA) and
 'added' (pose LoRA, projection layers) at ``train.learning_rate``; 'renderer' (the projection
 layers' volume renderers) at ``train.renderer_learning_rate`` without weight decay by default.
@@ -48,11 +51,16 @@ def parameter_groups(model: MultiViewUNet, train: TrainConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with the config's betas and epsilon over the given groups."""
-    return torch.optim.AdamW(
-        groups, betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon
-    )
+def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (train.optimizer: torch's, or bitsandbytes' 8-bit) with the config's betas and
+    epsilon over the given groups."""
+    if train.optimizer == "adamw8bit":
+        import bitsandbytes  # optional: preflight checked that it is installed
+
+        adamw = bitsandbytes.optim.AdamW8bit
+    else:
+        adamw = torch.optim.AdamW
+    return adamw(groups, betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon)
 
 
 @functools.lru_cache(maxsize=8)

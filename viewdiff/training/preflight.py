@@ -7,6 +7,7 @@ the config, the shards, the base pipeline folder and the checkpoint to resume fr
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -78,6 +79,8 @@ def check_train_values(config: Config) -> None:
         raise InputError(f"{where}=fp16 needs a CUDA device; use bf16 or no on a CPU")
     check_schedule_values(config)
     check_trackers(train.report_to)
+    if train.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise InputError("train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes)")
 
 
 def chosen_precision(train: TrainConfig) -> str:
