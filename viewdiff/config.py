@@ -194,7 +194,13 @@ class TrainConfig:
     clearml, dvclive, swanlab, trackio, or all (every installed one); () logs nothing."""
 
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
+    """Recompute activations in the backward pass to save memory (the UNet's blocks and the
+    projection layers)."""
+
+    compile_projection_layers: bool = False
+    """torch.compile the projection layers (once per layer at the first step: half a minute to
+    minutes on a CPU). Inductor's fused CPU kernels are not bit-equal to eager: a tiny layer's
+    output moved by up to 3e-3 (on values ~1)."""
 
     zero_terminal_snr: bool = True
     """Rescale the noise schedule to zero terminal SNR (Lin et al. 2024), as the reference."""
@@ -207,6 +213,11 @@ class TrainConfig:
 
     image_condition_views: int = 2
     """How many of the first views may be given clean as image conditions."""
+
+    novel_views: int = 0
+    """The last this many views of every object are not lifted into the projection layers'
+    grids, only rendered there: supervised as novel views (reference: n_novel_images=1 in
+    training; validation and inference lift every view)."""
 
     checkpoint_every: int = 500
     """Steps between training checkpoints (checkpoints/checkpoint-<step>/)."""

@@ -126,6 +126,25 @@ def test_the_condition_survives_gradient_checkpointing(active_model):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_compiled_projection_layers_compute_the_same_step(active_model):
+    # aot_eager traces the layers as inductor does (dynamo + AOTAutograd) without generating
+    # C++: seconds instead of the minutes the CPU compiler needs (bench/projection.py --compile)
+    compiled = copy.deepcopy(active_model)
+    compiled.compile_projection_layers(backend="aot_eager")
+    assert compiled.state_dict().keys() == active_model.state_dict().keys()
+    batch = inputs(objects=1)
+    outputs = []
+    for model in (active_model, compiled):
+        model.zero_grad()
+        out = model.train()(**batch)
+        out.square().mean().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(active_model.named_parameters(), compiled.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_no_warning_reaches_the_log(base_unet, caplog):
     model = MultiViewUNet(copy.deepcopy(base_unet), CONFIG)
     logger = logging.getLogger("diffusers")

@@ -3,6 +3,7 @@ training modes, NaN policies, bad input, and a loss that falls on one object."""
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ import viewdiff.commands.train
 import viewdiff.training.step
 from viewdiff.config import load_config, read_config_json, save_config
 from viewdiff.model import load_multiview_unet
+from viewdiff.model.projection import ProjectionLayer
 from viewdiff.training.checkpoints import read_training_state
 from viewdiff.training.data_segments import SegmentedBatches
 
@@ -282,6 +284,25 @@ def test_gradient_checkpointing_computes_the_same_step(run_args, tmp_path):
         weights.append(load_file(out / "checkpoints" / "checkpoint-1" / "trainable.safetensors"))
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_novel_views_are_rendered_but_not_lifted(run_args, tmp_path, monkeypatch):
+    lifted = []
+    forward = ProjectionLayer.forward
+
+    def spy(self, *args, **kwargs):
+        unprojected = (
+            inspect.signature(forward).bind(self, *args, **kwargs).arguments.get("unprojected")
+        )
+        lifted.append(None if unprojected is None else unprojected.tolist())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProjectionLayer, "forward", spy)
+    argv = run_args(tmp_path / "run", "train.max_steps=1", "train.novel_views=1")
+    assert train.main(argv) == 0
+    assert lifted and all(views == [True, False] for views in lifted)  # 1 object x 2 views
+    with pytest.raises(SystemExit):  # every view novel: nothing to lift
+        train.main(run_args(tmp_path / "bad", "train.novel_views=2"))
 
 
 def test_adamw8bit_without_bitsandbytes_exits_2(

@@ -221,6 +221,8 @@ def set_up(config: Config, checkpoint: Path | None) -> Run:
     if train.mixed_precision != "no":
         cast_frozen(model, COMPUTE_DTYPES[train.mixed_precision])
     model.to(accelerator.device).train()
+    if train.compile_projection_layers:
+        model.compile_projection_layers()
     # Optimizer: AdamW; the UNet and new layers at one learning rate, the renderer at its own.
     optimizer = build_optimizer(parameter_groups(model, train), train)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)

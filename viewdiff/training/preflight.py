@@ -53,6 +53,11 @@ def check_train_values(config: Config) -> None:
     for key, value in at_least_one.items():
         if value < 1:
             raise InputError(f"{key} must be at least 1, got {value}")
+    if not 0 <= train.novel_views < data.n_views:
+        raise InputError(
+            f"train.novel_views must be in [0, data.n_views={data.n_views}): at least one view "
+            f"must be lifted into the grid, got {train.novel_views}"
+        )
     for key in ("validate_every", "export_every", "lr_warmup_steps", "image_condition_views"):
         if getattr(train, key) < 0:
             raise InputError(f"train.{key} must be >= 0, got {getattr(train, key)}")

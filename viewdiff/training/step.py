@@ -69,6 +69,14 @@ def step_generator(seed: int, rank: int, step: int, micro_batch: int) -> torch.G
     )
 
 
+def lifted_views(rows: int, n_views: int, novel_views: int, device: torch.device) -> Tensor | None:
+    """Which views (B*N,) the projection layers lift: all but each object's last
+    ``novel_views`` (None: all)."""
+    if not novel_views:
+        return None
+    return torch.arange(rows, device=device) % n_views < n_views - novel_views
+
+
 def micro_batch_loss(parts: TrainingParts, batch: dict, generator: torch.Generator) -> Tensor:
     """The diffusion loss of one micro-batch (ViewDiff Sec. 3.3, see ``viewdiff.diffusion``)."""
     train = parts.train
@@ -93,6 +101,9 @@ def micro_batch_loss(parts: TrainingParts, batch: dict, generator: torch.Generat
         inputs.pose_features,
         n_views=inputs.n_views,
         image_size_hw=inputs.image_size_hw,
+        unprojected_views=lifted_views(
+            len(sample.timesteps), inputs.n_views, train.novel_views, sample.timesteps.device
+        ),
     )  # (B*N, 4, h, w)
     return generated_views_mse(prediction, sample.target, sample.generated)
 
