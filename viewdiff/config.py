@@ -214,7 +214,7 @@ class TrainConfig:
     image_condition_views: int = 2
     """How many of the first views may be given clean as image conditions."""
 
-    novel_views: int = 0
+    novel_views: int = 1
     """The last this many views of every object are not lifted into the projection layers'
     grids, only rendered there: supervised as novel views (reference: n_novel_images=1 in
     training; validation and inference lift every view)."""
@@ -345,7 +345,7 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
 
 
-LEGACY_DEFAULTS = {("model", "disparity_at_infinity"): 1e-3}
+LEGACY_DEFAULTS = {("model", "disparity_at_infinity"): 1e-3, ("train", "novel_views"): 0}
 """Keys added after models were trained and saved: a saved config without one gets the value
 those models were built with, not today's default (so an old export loads as it trained)."""
 

@@ -328,5 +328,8 @@ def test_the_paper_disparity_by_default_and_the_old_one_for_configs_saved_before
     assert load_config("configs/co3d_sd21.yaml").model.disparity_at_infinity == 0.5
     saved = config_to_dict(Config())
     del saved["model"]["disparity_at_infinity"]  # a config.json written before the key
+    del saved["train"]["novel_views"]  # (and before this one: every view was lifted)
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert read_config_json(tmp_path / "config.json").model.disparity_at_infinity == 1e-3
+    old = read_config_json(tmp_path / "config.json")
+    assert old.model.disparity_at_infinity == 1e-3 and old.train.novel_views == 0
+    assert Config().train.novel_views == 1  # the reference's n_novel_images
