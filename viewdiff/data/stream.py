@@ -416,9 +416,9 @@ def to_float_views(
 class ViewBatches:
     """Iterable over a DataLoader's batches, with images and masks turned into floats.
 
-    Workers send images and masks as bytes, a quarter of float32's: the copy into shared memory
-    was what made one worker slower than none. The batch is the one DESIGN.md specifies: images
-    (B, N, 3, H, W) in [-1, 1], masks (B, N, 1, H, W) in [0, 1].
+    Workers send images and masks as bytes, a quarter of float32's, stacked straight into shared
+    memory (``stack``); the floats are written here once. The batch is the one DESIGN.md
+    specifies: images (B, N, 3, H, W) in [-1, 1], masks (B, N, 1, H, W) in [0, 1].
     """
 
     def __init__(self, loader: torch.utils.data.DataLoader, pin_memory: bool) -> None:

@@ -75,10 +75,10 @@ class IBRNetAggregator(nn.Module):
         mean, var = weighted_mean_var(features, valid)
         # base_fc's first layer sees [mean, var, features] per view; the (mean, var) part is the
         # same for all N views, so it is applied once per voxel and broadcast, not concatenated.
-        first, *rest = self.base_fc
+        first = self.base_fc[0]
         global_weight, view_weight = first.weight.split([2 * channels, channels], dim=1)
         x = F.linear(torch.cat([mean, var], dim=-1), global_weight)  # (B, 1, P, 2C)
-        x = nn.Sequential(*rest)(x + F.linear(features, view_weight, first.bias))  # (B, N, P, C)
+        x = self.base_fc[1:](x + F.linear(features, view_weight, first.bias))  # (B, N, P, C)
         # Visibility: a residual feature update and a first weight, then a refined weight.
         x_res, visibility = self.vis_fc(x * weight).split([channels, 1], dim=-1)
         visibility = torch.sigmoid(visibility) * valid
