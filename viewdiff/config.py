@@ -208,6 +208,11 @@ class TrainConfig:
     prompt_dropout: float = 0.2
     """Probability of an empty prompt, for classifier-free guidance (reference: 2 x 0.1)."""
 
+    prompt_dropout_per: Literal["view", "object"] = "view"
+    """What one prompt-dropout draw empties: one view's prompt (the reference: each view on its
+    own) or all views of an object together (as guidance drops the prompt at sampling). Configs
+    saved before this key load with "object", what their models were trained with."""
+
     image_condition_prob: float = 0.25
     """Probability that each of the first ``image_condition_views`` views is given clean (t=0)."""
 
@@ -345,7 +350,11 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
 
 
-LEGACY_DEFAULTS = {("model", "disparity_at_infinity"): 1e-3, ("train", "novel_views"): 0}
+LEGACY_DEFAULTS = {
+    ("model", "disparity_at_infinity"): 1e-3,
+    ("train", "novel_views"): 0,
+    ("train", "prompt_dropout_per"): "object",
+}
 """Keys added after models were trained and saved: a saved config without one gets the value
 those models were built with, not today's default (so an old export loads as it trained)."""
 

@@ -19,8 +19,8 @@ ViewDiff's training sample (CVPR 2024, Sec. 3.3; the reference's train.py):
   step (1 without image conditions). We feed it exactly clean (the reference feeds ``add_noise`` at
   t = 0, i.e. ``sqrt(abar_0) = 0.9996`` of the latent plus a trace of noise), as inference does;
 - the prompt is dropped ("") with probability ``prompt_dropout`` for classifier-free guidance,
-  per object (all its views together, as guidance drops it at inference; the reference draws
-  per view);
+  per view (``prompt_dropout_per=view``, the reference: 2 x 0.1 = 0.2 for each view on its own)
+  or per object (all its views together, as guidance drops it at inference);
 - the loss is the MSE over the generated (noisy) views only.
 
 Zero terminal SNR (Lin et al. 2024, Alg. 1) rescales the betas so that ``abar_{T-1} = 0``: the
@@ -83,9 +83,17 @@ def draw_clean_views(
     return clean
 
 
-def draw_prompt_dropout(n_objects: int, prob: float, generator: torch.Generator) -> Tensor:
-    """(B,) bool: objects whose prompt becomes the empty prompt (classifier-free guidance)."""
-    return torch.rand((n_objects,), generator=generator) < prob
+def draw_prompt_dropout(
+    n_objects: int, n_views: int, prob: float, per: str, generator: torch.Generator
+) -> Tensor:
+    """(B, N) bool: views whose prompt becomes the empty prompt (classifier-free guidance),
+    drawn per view or per object (``per``: "view" or "object")."""
+    if per == "object":
+        dropped = torch.rand((n_objects,), generator=generator) < prob
+        return dropped[:, None].expand(n_objects, n_views)
+    if per == "view":
+        return torch.rand((n_objects, n_views), generator=generator) < prob
+    raise ValueError(f"train.prompt_dropout_per must be 'object' or 'view', got {per!r}")
 
 
 def drop_prompts(prompts: Sequence[str], dropped: Tensor) -> list[str]:

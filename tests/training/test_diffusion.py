@@ -63,8 +63,15 @@ def test_clean_views_only_among_the_first_views_at_their_rate():
 
 
 def test_prompt_dropout_rate_and_replacement():
-    dropped = draw_prompt_dropout(20_000, 0.2, generator())
-    assert abs(dropped.float().mean().item() - 0.2) < 0.015
+    per_object = draw_prompt_dropout(20_000, 3, 0.2, "object", generator())
+    assert abs(per_object.float().mean().item() - 0.2) < 0.015
+    assert (per_object == per_object[:, :1]).all()  # all views of an object together
+    per_view = draw_prompt_dropout(20_000, 3, 0.2, "view", generator())
+    assert abs(per_view.float().mean().item() - 0.2) < 0.015
+    # Independent per view: all three dropped about 0.2^3 of the time, not 0.2.
+    assert abs(per_view.all(dim=1).float().mean().item() - 0.008) < 0.004
+    with pytest.raises(ValueError, match="prompt_dropout_per"):
+        draw_prompt_dropout(2, 3, 0.2, "batch", generator())
     assert drop_prompts(["a", "b", "c"], torch.tensor([False, True, False])) == ["a", "", "c"]
     with pytest.raises(ValueError, match="3 prompts but 2"):
         drop_prompts(["a", "b", "c"], torch.tensor([True, False]))

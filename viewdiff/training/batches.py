@@ -3,7 +3,8 @@
 The batch (``viewdiff.data.stream``) is (B, N, ...) on the CPU; the model wants rows b*N + i
 (DESIGN.md). The frozen VAE and text encoder run here, without gradients: latents are a sample
 of the VAE posterior (as SD's own training and the reference), text embeddings are those of the
-prompt or, with probability ``train.prompt_dropout`` per object, of the empty prompt.
+prompt or, with probability ``train.prompt_dropout`` per view or per object
+(``train.prompt_dropout_per``), of the empty prompt.
 """
 
 from __future__ import annotations
@@ -44,13 +45,22 @@ def model_inputs(
     device: torch.device,
     prompt_dropout: float,
     generator: torch.Generator,
+    prompt_dropout_per: str = "object",
 ) -> ModelInputs:
     """Encode a batch's images and (partly dropped) prompts; cameras to rows on ``device``."""
     images = batch["images"]  # (B, N, 3, H, W)
     n_objects, n_views, _, height, width = images.shape
-    dropped = draw_prompt_dropout(n_objects, prompt_dropout, generator)  # (B,)
-    prompts = drop_prompts(batch["prompt"], dropped)
-    text = encode_prompts(base.text_encoder, base.tokenizer, prompts)  # (B, 77, D)
+    dropped = draw_prompt_dropout(
+        n_objects, n_views, prompt_dropout, prompt_dropout_per, generator
+    )  # (B, N)
+    if prompt_dropout_per == "object":  # one text per object, repeated for its views
+        prompts = drop_prompts(batch["prompt"], dropped[:, 0])
+        text = encode_prompts(base.text_encoder, base.tokenizer, prompts)  # (B, 77, D)
+        text = text.repeat_interleave(n_views, dim=0)
+    else:
+        rows = [prompt for prompt in batch["prompt"] for _ in range(n_views)]
+        prompts = drop_prompts(rows, dropped.flatten())
+        text = encode_prompts(base.text_encoder, base.tokenizer, prompts)  # (B*N, 77, D)
     latents = encode_images(base.vae, images.to(device, non_blocking=True), generator)
     rows = {
         key: batch[key].to(device, non_blocking=True).flatten(0, 1)
@@ -58,7 +68,7 @@ def model_inputs(
     }
     return ModelInputs(
         latents=latents.float(),
-        encoder_hidden_states=text.repeat_interleave(n_views, dim=0),
+        encoder_hidden_states=text,
         K=rows["K"],
         w2c=rows["w2c"],
         pose_features=rows["pose_features"],

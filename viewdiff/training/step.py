@@ -81,7 +81,12 @@ def micro_batch_loss(parts: TrainingParts, batch: dict, generator: torch.Generat
     """The diffusion loss of one micro-batch (ViewDiff Sec. 3.3, see ``viewdiff.diffusion``)."""
     train = parts.train
     inputs = model_inputs(
-        batch, parts.base, parts.accelerator.device, train.prompt_dropout, generator
+        batch,
+        parts.base,
+        parts.accelerator.device,
+        train.prompt_dropout,
+        generator,
+        train.prompt_dropout_per,
     )
     sample = diffusion_sample(
         inputs.latents,
