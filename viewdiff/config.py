@@ -72,6 +72,12 @@ class ModelConfig:
     vol_rend_disparity_at_inf). Configs saved before this key load with 1e-3, the value their
     models were trained with (``LEGACY_DEFAULTS``)."""
 
+    density_noise: float = 0.0
+    """Std of Gaussian noise added to the volume renderer's density pre-activation in training
+    mode (NeRF's raw_noise_std; evaluation never adds it), drawn from the step's seeded
+    generator. The reference's renderer has it (inject_noise_sigma) but its projection layer
+    builds the renderer with 0.0: 0 is the paper's training."""
+
     projection_checkpointing: bool = False
     """Recompute the projection layers' activations in the backward pass (saves memory)."""
 

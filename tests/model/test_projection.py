@@ -155,7 +155,7 @@ def test_two_views_localise_the_point_in_a_third():
 
 
 def make_layer(
-    background: bool = True, checkpointing: bool = False, seed: int = 0
+    background: bool = True, checkpointing: bool = False, seed: int = 0, density_noise: float = 0.0
 ) -> ProjectionLayer:
     torch.manual_seed(seed)
     return ProjectionLayer(
@@ -166,6 +166,7 @@ def make_layer(
         background=background,
         temb_dim=16,
         checkpointing=checkpointing,
+        density_noise=density_noise,
     )
 
 
@@ -256,6 +257,8 @@ def test_bad_settings_are_refused():
         ProjectionLayer(12, 8, 8, 1, True, 16)
     with pytest.raises(ValueError, match="not whole objects of 4 views"):
         make_layer()(**dict(layer_inputs(), n_views=4))
+    with pytest.raises(ValueError, match="density_noise must be >= 0"):
+        make_layer(density_noise=-1.0)
 
 
 # The fast path (usable voxels only, base_fc's shared half once per voxel, 3D convolutions as
@@ -348,3 +351,46 @@ def test_conv3d_by_slices_equals_aten_conv3d(kernel, stride, padding):
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert nn.Conv3d(5, 7, 3).state_dict().keys() == conv.state_dict().keys()
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_density_noise_only_in_training_mode_and_seeded():
+    noisy, clean = make_layer(density_noise=1.0), make_layer()
+    for layer in (noisy, clean):
+        activate(layer)
+    inputs = layer_inputs()
+    reference = clean(**inputs)
+    first = noisy(**inputs, noise_generator=seeded(1))
+    torch.testing.assert_close(noisy(**inputs, noise_generator=seeded(1)), first, rtol=0, atol=0)
+    assert (noisy(**inputs, noise_generator=seeded(2)) - first).abs().amax() > 1e-3
+    assert (first - reference).abs().amax() > 1e-3
+    noisy.eval()
+    torch.testing.assert_close(noisy(**inputs, noise_generator=seeded(1)), reference)
+
+
+def test_density_noise_is_added_before_the_softplus():
+    renderer = make_layer().renderer
+    features, directions = torch.randn(2, 5, 16, 8), torch.randn(2, 5, 3)
+    noise = torch.randn(2, 5, 16)
+    density, feature = renderer.field(features, directions, noise)
+    pre = renderer.density(renderer.hidden(features))[..., 0]
+    torch.testing.assert_close(density, F.softplus(pre + noise))
+    torch.testing.assert_close(feature, renderer.field(features, directions)[1])
+    with pytest.raises(ValueError, match="density_noise has shape"):
+        K, w2c = cameras(2)
+        grid = torch.randn(1, 8, 8, 8, 8)
+        renderer(grid, K[None], w2c[None], 4, 4, torch.zeros(1, 32, 3))
+
+
+def test_density_noise_under_checkpointing_gives_the_same_gradients():
+    plain = make_layer(density_noise=1.0)
+    checkpointed = make_layer(checkpointing=True, density_noise=1.0)
+    inputs = layer_inputs(objects=1)
+    for layer in (plain, checkpointed):
+        activate(layer)
+        layer(**inputs, noise_generator=seeded(3)).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -3,7 +3,9 @@ preservation batch (DreamBooth) and its set."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import train
 from viewdiff.config import ModelConfig
 from viewdiff.training.base_pipeline import load_base_pipeline
 from viewdiff.training.batches import model_inputs
@@ -41,3 +43,19 @@ def test_prompt_dropout_empties_whole_objects_or_single_views(base, per):
     assert mixed == (per == "view")
     kept = [row for row, drop in zip(text, dropped, strict=True) if not drop.any()]
     assert all(torch.equal(row[0], row[1]) for row in kept)
+
+
+def trained_weights(run_args, out, *overrides) -> dict:
+    """The trainable weights after one training step with the overrides."""
+    assert train.main(run_args(out, "train.max_steps=1", *overrides)) == 0
+    return load_file(out / "checkpoints" / "checkpoint-1" / "trainable.safetensors")
+
+
+def test_density_noise_in_training_is_seeded_by_the_step(run_args, tmp_path):
+    noisy = [trained_weights(run_args, tmp_path / f"noisy{i}", "model.density_noise=1.0")
+             for i in range(2)]  # fmt: skip
+    clean = trained_weights(run_args, tmp_path / "clean")
+    key = next(k for k in clean if "projection" in k and k.endswith("expand.2.weight"))
+    for name, value in noisy[0].items():
+        torch.testing.assert_close(noisy[1][name], value, rtol=0, atol=0, msg=name)
+    assert (noisy[0][key] - clean[key]).abs().amax() > 0  # the noise reached the rendering

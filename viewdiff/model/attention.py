@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import Tensor
@@ -60,6 +61,8 @@ class MultiViewCondition:
     """(B*N,) bool: views lifted into the projection layers' grids (None: all)."""
     control: AttentionControl | None = None
     """TrAME's attention control of this call (``viewdiff.editing.attention_control``)."""
+    noise_generator: torch.Generator | None = None
+    """Draws the projection layers' density noise in training mode (None: torch's global RNG)."""
 
 
 class MultiViewAttnProcessor:

@@ -146,6 +146,7 @@ class MultiViewUNet(nn.Module):
                     temb_dim=self.temb_dim,
                     checkpointing=config.projection_checkpointing,
                     disparity_at_infinity=config.disparity_at_infinity,
+                    density_noise=config.density_noise,
                 )
                 hook = functools.partial(self._project_after, key)
                 transformer.register_forward_hook(hook, with_kwargs=True)
@@ -170,6 +171,7 @@ class MultiViewUNet(nn.Module):
             condition.timesteps,
             condition.n_views,
             condition.unprojected,
+            condition.noise_generator,
         )
         if isinstance(output, tuple):
             return (sample, *output[1:])
@@ -187,12 +189,14 @@ class MultiViewUNet(nn.Module):
         image_size_hw: tuple[int, int] | None = None,
         unprojected_views: Tensor | None = None,
         control: AttentionControl | None = None,
+        noise_generator: torch.Generator | None = None,
     ) -> Tensor:
         """Predicted noise (or v) (B*N, 4, h, w) for N posed views per object (see the module).
 
         ``image_size_hw`` is the size of the images ``K`` refers to (default 8x the latents);
         ``unprojected_views`` (B*N or B,N) bool says which views the projection layers lift
-        into their grids (default all); ``control`` is TrAME's attention control of this call.
+        into their grids (default all); ``control`` is TrAME's attention control of this call;
+        ``noise_generator`` draws the projection layers' density noise (training mode only).
         """
         if latents.ndim != 4:
             raise ValueError(f"latents must be (B*N, C, h, w), got shape {tuple(latents.shape)}")
@@ -222,6 +226,7 @@ class MultiViewUNet(nn.Module):
             image_size_hw=image_size_hw or (VAE_SCALE_FACTOR * height, VAE_SCALE_FACTOR * width),
             unprojected=unprojected_views,
             control=control,
+            noise_generator=noise_generator,
         )
         return self.unet(
             latents,

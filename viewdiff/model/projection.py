@@ -81,6 +81,7 @@ class ProjectionLayer(nn.Module):
         temb_dim: int,
         checkpointing: bool = False,
         disparity_at_infinity: float = DISPARITY_AT_INFINITY,
+        density_noise: float = 0.0,
     ) -> None:
         super().__init__()
         if grid_size < 2 or grid_size % 2:
@@ -89,6 +90,9 @@ class ProjectionLayer(nn.Module):
             raise ValueError(f"model.render_samples must be at least 2, got {num_samples}")
         if grid_channels < 1:
             raise ValueError(f"model.projection_channels must be positive, got {grid_channels}")
+        if density_noise < 0:
+            raise ValueError(f"model.density_noise must be >= 0, got {density_noise}")
+        self.density_noise = density_noise
         self.grid_size = grid_size
         self.background = background
         self.checkpointing = checkpointing
@@ -118,12 +122,14 @@ class ProjectionLayer(nn.Module):
         timesteps: Tensor,
         n_views: int,
         unprojected: Tensor | None = None,
+        noise_generator: torch.Generator | None = None,
     ) -> Tensor:
         """Residual (B*N, C, h, w) for features (B*N, C, h, w) of N posed views per object.
 
         K (B*N, 3, 3) in pixels of images of size ``image_size_hw``, w2c (B*N, 4, 4) in the
-        normalised scene, temb (B*N, T) the UNet's time embedding, timesteps (B*N,), and
-        ``unprojected`` (B*N,) bool: which views are lifted into the grid (default all).
+        normalised scene, temb (B*N, T) the UNet's time embedding, timesteps (B*N,),
+        ``unprojected`` (B*N,) bool: which views are lifted into the grid (default all), and
+        ``noise_generator`` the source of the density noise in training mode (default torch's).
         """
         rows, _, height, width = features.shape
         if rows % n_views:
@@ -132,7 +138,8 @@ class ProjectionLayer(nn.Module):
             )
         compressed = self.compress(self.norm(features))  # (B*N, C', h, w)
         K_features = resize_intrinsics(K.float(), image_size_hw, (height, width))
-        inputs = (compressed, K_features, w2c.float(), temb, timesteps, unprojected)
+        noise = self.draw_density_noise(rows // n_views, n_views * height * width, noise_generator)
+        inputs = (compressed, K_features, w2c.float(), temb, timesteps, unprojected, noise)
         if self.checkpointing and torch.is_grad_enabled():
             rendered = torch.utils.checkpoint.checkpoint(
                 self._lift_and_render, *inputs, n_views, use_reentrant=False
@@ -140,6 +147,27 @@ class ProjectionLayer(nn.Module):
         else:
             rendered = self._lift_and_render(*inputs, n_views)
         return self.expand(rendered.to(features.dtype))  # (B*N, C, h, w)
+
+    def draw_density_noise(
+        self, objects: int, rays: int, generator: torch.Generator | None
+    ) -> Tensor | None:
+        """Density noise (B, R, S) in training mode with model.density_noise > 0, else None.
+
+        Drawn here, outside the checkpointed part, so that recomputing it sees the same noise.
+        """
+        if not (self.training and self.density_noise > 0):
+            return None
+        device = self.density_device
+        shape = (objects, rays, self.renderer.samples_per_ray)
+        if generator is None:
+            return torch.randn(shape, device=device) * self.density_noise
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+        return noise.to(device) * self.density_noise
+
+    @property
+    def density_device(self) -> torch.device:
+        """Where the renderer's parameters live."""
+        return self.renderer.density.weight.device
 
     def _lift_and_render(
         self,
@@ -149,6 +177,7 @@ class ProjectionLayer(nn.Module):
         temb: Tensor,
         timesteps: Tensor,
         unprojected: Tensor | None,
+        density_noise: Tensor | None,
         n_views: int,
     ) -> Tensor:
         """Compressed features (B*N, C', h, w) -> rendered features + opacity (B*N, C'+1, h, w)."""
@@ -171,5 +200,7 @@ class ProjectionLayer(nn.Module):
             self.background,
         )  # (B, C', G, G, G)
         grid = self.voxel_unet(grid, per_object(timesteps).amax(dim=1))
-        rendered = self.renderer(grid.float(), K, w2c, height, width)  # (B, N, C'+1, h, w)
+        rendered = self.renderer(
+            grid.float(), K, w2c, height, width, density_noise
+        )  # (B, N, C'+1, h, w)
         return rendered.reshape(rows, channels + 1, height, width)

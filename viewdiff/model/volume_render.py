@@ -13,10 +13,15 @@ that also sees an encoding of the ray direction (sigmoid). Rays are parametrised
 sampled where it crosses the object box; with it, between |C| - 4 and |C| + 4 around the camera
 centre C and as many samples again from there to infinity, evenly in inverse depth (the
 reference's ``num_samples_inf`` with ``disparity_at_inf``), read through the grid's contraction.
+
+Density noise (NeRF's ``raw_noise_std``, the reference's ``inject_noise_sigma``): Gaussian noise
+of a given std added to the density pre-activation, before the softplus, a regulariser of
+training. The caller draws it (``ProjectionLayer``: in training mode, from the step's generator).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -31,8 +36,9 @@ from viewdiff.model.voxel_grid import contract, sample_grid
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 BACKGROUND_RAY_MARGIN = 4.0  # near/far = |C| -/+ 4 in the normalised scene (reference)
-# The last background sample sits at far / d (model.disparity_at_infinity: 1e-3 ours, the
-# reference trains with 0.5).
+# The last background sample sits at far / d: model.disparity_at_infinity (the reference's
+# vol_rend_disparity_at_inf, 0.5 in its training) sets d; this default of the functions is the
+# value models saved before that key were trained with.
 DISPARITY_AT_INFINITY = 1e-3
 OPACITY_INIT_BIAS = -5.0  # softplus(-5) ~ 0.007: an almost transparent grid at the start
 
@@ -141,23 +147,51 @@ class VolumeRenderer(nn.Module):
         self.feature_hidden = nn.Linear(channels, channels)
         self.feature = nn.Linear(channels, channels)
 
-    def field(self, features: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
-        """Densities (B, R, S), features (B, R, S, C) in [0, 1] of samples (B, R, S, C) on rays."""
+    @property
+    def samples_per_ray(self) -> int:
+        """S: samples on every ray (twice ``num_samples`` with the background)."""
+        return self.num_samples * (2 if self.background else 1)
+
+    def field(
+        self, features: Tensor, directions: Tensor, density_noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Densities (B, R, S), features (B, R, S, C) in [0, 1] of samples (B, R, S, C) on rays,
+        with ``density_noise`` (B, R, S) added to the density pre-activation."""
         dtype = self.density.weight.dtype
         hidden = self.hidden(features.to(dtype))
-        density = F.softplus(self.density(hidden))[..., 0]
+        density = self.density(hidden)[..., 0]
+        if density_noise is not None:
+            density = density + density_noise.to(dtype)
+        density = F.softplus(density)
         # The direction encoding is the same for all samples of a ray: once per ray, broadcast.
         ray = self.ray_encoder(F.normalize(directions, dim=-1).to(dtype))[:, :, None, :]
         feature = torch.sigmoid(self.feature(F.relu(self.feature_hidden(hidden) + ray)))
         return density.to(features.dtype), feature.to(features.dtype)
 
-    def forward(self, grid: Tensor, K: Tensor, w2c: Tensor, height: int, width: int) -> Tensor:
-        """Render grids (B, C, G, G, G) into views K (B, N, 3, 3), w2c (B, N, 4, 4) of size (h, w).
+    def forward(
+        self,
+        grid: Tensor,
+        K: Tensor,
+        w2c: Tensor,
+        height: int,
+        width: int,
+        density_noise: Tensor | None = None,
+    ) -> Tensor:
+        """Render grids (B, C, G, G, G) into views K (B, N, 3, 3), w2c (B, N, 4, 4) of size (h, w),
+        with ``density_noise`` (B, N*h*w, S) added to the density pre-activation (None: none).
 
         Returns (B, N, C + 1, h, w): the rendered features over a background of ones (as the
         reference's bg_color=1) and the opacity.
         """
         batch, views = K.shape[:2]
+        field = self.field
+        if density_noise is not None:
+            expected = (batch, views * height * width, self.samples_per_ray)
+            if tuple(density_noise.shape) != expected:
+                raise ValueError(
+                    f"density_noise has shape {tuple(density_noise.shape)}, expected {expected}"
+                )
+            field = functools.partial(self.field, density_noise=density_noise.float())
         # Rays, sample depths and compositing in float32 even under autocast: in bf16 the
         # contracted background depths round to infinity and the backward pass turns to NaN.
         with torch.autocast(grid.device.type, enabled=False):
@@ -169,7 +203,7 @@ class VolumeRenderer(nn.Module):
                 directions.reshape(batch, -1, 3),
                 self.num_samples,
                 self.background,
-                self.field,
+                field,
                 self.disparity_at_infinity,
             )
             features = features + (1.0 - opacity[..., None])  # background colour 1

@@ -109,6 +109,7 @@ def micro_batch_loss(parts: TrainingParts, batch: dict, generator: torch.Generat
         unprojected_views=lifted_views(
             len(sample.timesteps), inputs.n_views, train.novel_views, sample.timesteps.device
         ),
+        noise_generator=generator,  # density noise, drawn last (model.density_noise > 0 only)
     )  # (B*N, 4, h, w)
     return generated_views_mse(prediction, sample.target, sample.generated)
 
