@@ -230,6 +230,16 @@ class TrainConfig:
     grids, only rendered there: supervised as novel views (reference: n_novel_images=1 in
     training; validation and inference lift every view)."""
 
+    prior_shards: str = "data/shards/co3d_prior"
+    """Shards of the prior preservation set (DreamBooth, as the reference): the base model's own
+    images of the training captions, one view each (data/make_prior_set.py). Every micro-batch
+    adds train.batch_size of them at N=1; empty: no prior preservation (configs saved before
+    this key load with that, as their models were trained)."""
+
+    prior_weight: float = 0.1
+    """Weight of the prior batch's diffusion loss (the reference's
+    dreambooth_prior_preservation_loss_weight)."""
+
     checkpoint_every: int = 500
     """Steps between training checkpoints (checkpoints/checkpoint-<step>/)."""
 
@@ -332,6 +342,12 @@ class Config:
     """Score distillation of a 3D scene with the trained prior (infer.py sds)."""
 
 
+def prior_data(config: Config) -> DataConfig:
+    """The data section of the prior preservation batches: ``train.prior_shards`` at N=1, the
+    training's image size and categories."""
+    return dataclasses.replace(config.data, shards=config.train.prior_shards, n_views=1)
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Nested plain dict of a config (tuples become lists), ready for JSON or YAML."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -360,6 +376,7 @@ LEGACY_DEFAULTS = {
     ("model", "disparity_at_infinity"): 1e-3,
     ("train", "novel_views"): 0,
     ("train", "prompt_dropout_per"): "object",
+    ("train", "prior_shards"): "",
 }
 """Keys added after models were trained and saved: a saved config without one gets the value
 those models were built with, not today's default (so an old export loads as it trained)."""

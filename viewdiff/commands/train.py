@@ -65,6 +65,7 @@ from viewdiff.config import (
     add_config_arguments,
     config_from_args,
     config_to_yaml,
+    prior_data,
 )
 from viewdiff.config import save_config as write_config
 from viewdiff.diffusion import noise_scheduler, resolve_prediction_type
@@ -82,7 +83,7 @@ from viewdiff.training.checkpoints import (
     remove_incomplete,
     save_checkpoint,
 )
-from viewdiff.training.data_segments import SegmentedBatches
+from viewdiff.training.data_segments import SegmentedBatches, prior_seed
 from viewdiff.training.ema import EMA
 from viewdiff.training.export import export_model, recover_export
 from viewdiff.training.modes import (
@@ -115,6 +116,7 @@ class Run:
     model: MultiViewUNet
     scheduler: DDPMScheduler
     data: SegmentedBatches
+    prior: SegmentedBatches | None  # the prior preservation batches (train.prior_shards)
     state: TrainingState
     cameras: CameraRecord  # the training cameras seen so far (main rank), for the export
     saved_step: int | None = None  # the step of this run's last checkpoint
@@ -241,6 +243,17 @@ def set_up(config: Config, checkpoint: Path | None) -> Run:
         world_size=accelerator.num_processes,
         show_progress=accelerator.is_main_process,
     )
+    prior = None
+    if train.prior_shards:  # the same segments, from a seed of their own
+        prior = SegmentedBatches(
+            prior_data(config),
+            train.batch_size,
+            micro_batches=train.gradient_accumulation_steps,
+            segment_steps=state.segment_steps,
+            seed=prior_seed(train.seed),
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+        )
     parts = TrainingParts(
         accelerator=accelerator,
         model=prepared_model,
@@ -253,7 +266,9 @@ def set_up(config: Config, checkpoint: Path | None) -> Run:
     )
     skipped_before = state.skipped_samples if accelerator.is_main_process else 0
     cameras = CameraRecord.from_dict(state.cameras)
-    return Run(config, parts, model, scheduler, data, state, cameras, skipped_before=skipped_before)
+    return Run(
+        config, parts, model, scheduler, data, prior, state, cameras, skipped_before=skipped_before
+    )
 
 
 def save(run: Run, step: int) -> Path:
@@ -310,7 +325,8 @@ def run_loop(run: Run, stop: StopRequest) -> int:
         batches = run.data.step_batches(step)
         for batch in batches:
             run.cameras.add(batch["K"], batch["w2c"], run.config.data.image_size)
-        outcome = train_step(run.parts, batches, step)
+        prior_batches = run.prior.step_batches(step) if run.prior is not None else None
+        outcome = train_step(run.parts, batches, step, prior_batches)
         step += 1
         if outcome.skipped:
             skipped_steps = run.state.nan_skipped_steps + 1
@@ -361,6 +377,8 @@ def train(config: Config, checkpoint: Path | None) -> int:
             return 1
         finally:
             run.data.close()
+            if run.prior is not None:
+                run.prior.close()
             run.parts.accelerator.end_training()
 
 

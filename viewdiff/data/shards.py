@@ -336,7 +336,7 @@ def read_manifest(folder: str | Path) -> dict:
         raise ValueError(f"{path}: invalid JSON: {error}") from None
 
 
-def _write_json_atomic(path: Path, values: dict) -> None:
+def write_json(path: Path, values: dict) -> None:
     """Write JSON under a temporary name, then rename: readers never see half a file."""
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(values, indent=1) + "\n")
@@ -454,10 +454,10 @@ def write_shards(
                 progress.write(f"skipped: {message}")
             # The manifest follows every finished shard, so that a re-run after a crash keeps it.
             manifest = _manifest(tasks, entries, skipped, options, complete=False)
-            _write_json_atomic(out_dir / MANIFEST, manifest)
+            write_json(out_dir / MANIFEST, manifest)
             progress.update()
     progress.close()
     manifest = _manifest(tasks, entries, skipped, options, complete=True)
-    _write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json(out_dir / MANIFEST, manifest)
     manifest["rewritten"] = [task.name for task in todo]  # for the caller, not stored
     return manifest

@@ -28,6 +28,12 @@ def segment_seed(seed: int, segment: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def prior_seed(seed: int) -> int:
+    """The seed of the prior preservation batches' segments (their own stream, 63 bits)."""
+    digest = hashlib.sha256(f"viewdiff-prior-data/{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 class SegmentedBatches:
     """One rank's micro-batches per optimiser step, from a loader reseeded every segment."""
 

@@ -17,7 +17,15 @@ import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from viewdiff.cli_args import check_output_folder
-from viewdiff.config import Config, ConfigError, ModelConfig, TrainConfig, read_config_json
+from viewdiff.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    prior_data,
+    read_config_json,
+)
 from viewdiff.data.stream import shard_urls
 from viewdiff.training.checkpoints import (
     checkpoints_dir,
@@ -29,7 +37,7 @@ from viewdiff.training.optim import learning_rate_schedule
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # How the model runs, not what it is: may differ between a checkpoint and the run resuming it.
-RUNTIME_MODEL_FIELDS = ("attention_backend", "projection_checkpointing")
+RUNTIME_MODEL_FIELDS = ("attention_backend", "projection_checkpointing", "density_noise")
 ACCELERATE_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
 _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # pipe:, http://, s3://, gs://, ...
 
@@ -64,6 +72,12 @@ def check_train_values(config: Config) -> None:
     for key in ("prompt_dropout", "image_condition_prob"):
         if not 0.0 <= getattr(train, key) <= 1.0:
             raise InputError(f"train.{key} must be in [0, 1], got {getattr(train, key)}")
+    if not (math.isfinite(train.prior_weight) and train.prior_weight >= 0):
+        raise InputError(f"train.prior_weight must be finite and >= 0, got {train.prior_weight}")
+    if not (math.isfinite(config.model.density_noise) and config.model.density_noise >= 0):
+        raise InputError(
+            f"model.density_noise must be finite and >= 0, got {config.model.density_noise}"
+        )
     check_optimiser_values(config)
     if not 0.0 <= train.ema_decay < 1.0:
         raise InputError(f"train.ema_decay must be in [0, 1), got {train.ema_decay}")
@@ -153,25 +167,35 @@ def check_optimiser_values(config: Config) -> None:
 
 
 def check_shards(config: Config) -> None:
-    """The shards of ``data.shards`` exist (a folder with a complete manifest, or the files)."""
-    data = config.data
+    """The shards of ``data.shards`` (and of ``train.prior_shards``, when set) exist: a folder
+    with a complete manifest, or the files."""
+    check_shard_source("data.shards", config.data)
+    if config.train.prior_shards:
+        try:
+            check_shard_source("train.prior_shards", prior_data(config))
+        except InputError as error:
+            raise InputError(
+                f"{error} (write the prior set with data/make_prior_set.py, or set "
+                "train.prior_shards='' to train without prior preservation)"
+            ) from None
+
+
+def check_shard_source(key: str, data: DataConfig) -> None:
+    """The shards of ``data.shards`` exist; errors name the config ``key``."""
     try:
         urls = shard_urls(data.shards, data.image_size, data.categories)
     except (OSError, ValueError) as error:
-        raise InputError(f"data.shards={data.shards!r}: {error}") from None
+        raise InputError(f"{key}={data.shards!r}: {error}") from None
     # Local files (of a manifest, a path or a brace pattern) must exist; URLs are the loader's.
     missing = [url for url in urls if not _URL_SCHEME.match(url) and not Path(url).is_file()]
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     if missing and Path(data.shards).is_dir():
         raise InputError(
-            f"data.shards={data.shards!r}: its manifest lists {Path(missing[0]).name}, which is "
+            f"{key}={data.shards!r}: its manifest lists {Path(missing[0]).name}, which is "
             f"not there{more}"
         )
     if missing:
-        raise InputError(
-            f"data.shards={data.shards!r}: no such shard folder or file: {missing[0]}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
+        raise InputError(f"{key}={data.shards!r}: no such shard folder or file: {missing[0]}{more}")
 
 
 def check_base_model(model: ModelConfig) -> None:

@@ -32,6 +32,7 @@ class IntervalMeter:
 
     steps: int = 0
     losses: list[float] = field(default_factory=list)
+    prior_losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     views: int = 0
     step_seconds: float = 0.0
@@ -43,6 +44,8 @@ class IntervalMeter:
         if not outcome.skipped:
             self.losses.append(outcome.loss)
             self.grad_norms.append(outcome.grad_norm)
+            if outcome.prior_loss is not None:
+                self.prior_losses.append(outcome.prior_loss)
         self.views += outcome.views
         self.step_seconds += step_seconds
         self.data_seconds += data_seconds
@@ -50,6 +53,7 @@ class IntervalMeter:
     def reset(self) -> None:
         """Start the next interval."""
         self.steps, self.losses, self.grad_norms, self.views = 0, [], [], 0
+        self.prior_losses = []
         self.step_seconds = self.data_seconds = 0.0
 
 
@@ -78,6 +82,8 @@ def interval_scalars(
         "nan_skipped_steps": float(nan_skipped_steps),
         **{f"lr/{name}": lr for name, lr in learning_rates.items()},
     }
+    if meter.prior_losses:  # prior preservation's own diffusion loss, unweighted
+        scalars["prior_loss"] = _mean(meter.prior_losses)
     if accelerator.device.type == "cuda":
         scalars["gpu_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
     return scalars
@@ -89,6 +95,7 @@ def summary_line(step: int, max_steps: int, scalars: dict[str, float], ranks: in
     parts = [
         f"step {step}/{max_steps}",
         f"loss {scalars['loss']:.4f}",
+        *([f"prior loss {scalars['prior_loss']:.4f}"] if "prior_loss" in scalars else []),
         f"grad {scalars['grad_norm']:.3g}",
         f"lr {lr:.2e}",
         f"{scalars['views_per_s']:.1f} views/s",
