@@ -3,6 +3,7 @@
     python bench/data_throughput.py                    # synthetic shards, 256 px, N=5, B=4
     python bench/data_throughput.py --size 128 --batches 40 --workers 0 2 4
     python bench/data_throughput.py --shards data/shards/co3d --size 256    # existing shards
+    python bench/data_throughput.py --stored-size 512 --workers 0   # 512 px shards read at 256
 
 Without --shards it writes synthetic CO3D-layout objects and their shards into a temporary
 folder first (not timed). Each line times ``--batches`` batches after one warm-up batch (worker
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size", type=positive_int, default=256, help="view size of the shards, px"
     )
+    parser.add_argument(
+        "--stored-size", type=positive_int, help="synthetic shards' view size (default --size)"
+    )
     parser.add_argument("--views", type=positive_int, default=5, help="N views per sample")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="samples per batch")
     parser.add_argument("--batches", type=positive_int, default=20, help="timed batches per line")
@@ -70,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         shards = args.shards or synthetic_shards(
-            Path(scratch), args.sequences, args.frames, args.size
+            Path(scratch), args.sequences, args.frames, args.stored_size or args.size
         )
+        stored = None if args.shards else args.stored_size
+        sizes = f"{stored}->{args.size}px" if stored else f"{args.size}px"
         for workers in args.workers:
             data = DataConfig(
                 shards=str(shards),
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             samples = args.batches * args.batch_size
             views = samples * args.views
             print(
-                f"workers={workers}  {args.size}px  N={args.views}  B={args.batch_size}  "
+                f"workers={workers}  {sizes}  N={args.views}  B={args.batch_size}  "
                 f"{samples / seconds:8.1f} samples/s  {views / seconds:8.1f} views/s  "
                 f"{views / seconds / max(workers, 1):8.1f} views/s per core"
             )

@@ -99,7 +99,8 @@ class DataConfig:
     """CO3D categories to train on; empty means every category in the shards."""
 
     image_size: int = 256
-    """Side of the square views fed to the model, in pixels (a multiple of 8)."""
+    """Side of the square views fed to the model, in pixels (a multiple of 8); shards of larger
+    views are decoded down to it (JPEG draft mode, then a resize), smaller ones are refused."""
 
     n_views: int = 5
     """N: views of one object per sample, denoised jointly."""

@@ -27,6 +27,7 @@ from viewdiff.cameras import (
     orbit,
     pose_features,
     project,
+    resize_intrinsics,
     transform_points,
 )
 from viewdiff.config import DataConfig
@@ -119,10 +120,11 @@ def test_workers_send_bytes_and_the_main_process_makes_the_floats(shards):
     assert images.tolist() == [-1.0, 1.0] and masks.tolist() == [1.0]
 
 
-def test_known_object_points_project_into_every_views_mask(shards, co3d_root):
+@pytest.mark.parametrize("size", [64, 32])  # 32: the 64 px shards decoded down
+def test_known_object_points_project_into_every_views_mask(shards, co3d_root, size):
     # The acceptance test of the data issue: make_synthetic -> prepare_co3d -> stream.
     samples = 0
-    for batch in one_pass(config(shards, n_views=6)):
+    for batch in one_pass(config(shards, n_views=6, image_size=size)):
         dilated = torch.nn.functional.max_pool2d(batch["masks"][:, :, 0], 3, 1, 1)  # 1 px slack
         for b, category in enumerate(batch["category"]):
             sequence = batch["sequence"][b]
@@ -139,11 +141,27 @@ def test_known_object_points_project_into_every_views_mask(shards, co3d_root):
             uv, depth = project(scene, K, w2c)  # (6, P, 2), (6, P)
             assert (depth > 0).all()
             pixels = uv.round().long()
-            assert ((pixels >= 0) & (pixels < 64)).all()
+            assert ((pixels >= 0) & (pixels < size)).all()
             inside = dilated[b][torch.arange(6)[:, None], pixels[..., 1], pixels[..., 0]]
             assert (inside > 0.5).all(), f"{category}/{sequence}: points outside the mask"
             samples += 1
     assert samples == 8
+
+
+def test_larger_shards_are_decoded_down_with_their_intrinsics(shards):
+    (full,) = first_batches(config(shards), 1, seed=0)
+    (half,) = first_batches(config(shards, image_size=32), 1, seed=0)
+    assert drawn([half]) == drawn([full])  # the same views, only smaller
+    assert half["images"].shape == (2, 4, 3, 32, 32) and half["masks"].shape == (2, 4, 1, 32, 32)
+    torch.testing.assert_close(half["K"], resize_intrinsics(full["K"], (64, 64), (32, 32)))
+    expected = pose_features(half["K"], half["w2c"], (32, 32), half["intensity_stats"])
+    torch.testing.assert_close(half["pose_features"], expected, atol=1e-5, rtol=0)
+    # JPEG draft mode decodes at half scale: close to the full decode averaged over 2x2 pixels
+    # (measured 0.028; every other pixel of the full decode, aliased, is 0.057 away).
+    pooled = torch.nn.functional.avg_pool2d(full["images"].flatten(0, 1), 2)
+    assert (half["images"].flatten(0, 1) - pooled).abs().mean() < 0.04
+    masks = torch.nn.functional.avg_pool2d(full["masks"].flatten(0, 1), 2)
+    assert (half["masks"].flatten(0, 1) - masks).abs().mean() < 0.03
 
 
 def test_prompt_falls_back_to_the_category(shards, tmp_path):
@@ -386,3 +404,7 @@ def test_data_throughput_benchmark_prints_a_line_per_worker_count(capsys):
     bench["main"](["--sequences", "1", "--frames", "8", "--size", "64", "--batches", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("views/s per core" in line for line in lines)  # 0, 1, 2 workers
+    bench["main"](["--sequences", "1", "--frames", "8", "--size", "32", "--stored-size", "64",
+                   "--batches", "2", "--workers", "0"])  # fmt: skip
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "64->32px" in line and "views/s per core" in line

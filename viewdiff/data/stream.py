@@ -41,7 +41,13 @@ import webdataset as wds
 from PIL import Image
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers, first_camera_problem, intensity_stats, pose_features
+from viewdiff.cameras import (
+    camera_centers,
+    first_camera_problem,
+    intensity_stats,
+    pose_features,
+    resize_intrinsics,
+)
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import read_manifest
 
@@ -199,9 +205,10 @@ class DrawViews:
         frames = meta["frames"]
         if len(frames) < self.n_views:
             raise SampleError(f"{where}: {len(frames)} views, fewer than n_views={self.n_views}")
-        if meta["image_size"] != self.image_size:
+        stored = meta["image_size"]
+        if stored < self.image_size:
             raise SampleError(
-                f"{where}: views are {meta['image_size']} px, data.image_size is {self.image_size}"
+                f"{where}: views are {stored} px, smaller than data.image_size={self.image_size}"
             )
         w2c = torch.tensor([frame["w2c"] for frame in frames], dtype=torch.float64)
         K = torch.tensor([frame["K"] for frame in frames], dtype=torch.float64)
@@ -220,7 +227,9 @@ class DrawViews:
             "prompt": rng.choice(captions) if captions else f"a {meta['category']}",
             "jpg": [sample[f"{i:03d}.jpg"] for i in chosen],
             "png": [sample[f"{i:03d}.mask.png"] for i in chosen],
-            "K": K[chosen],
+            # the stored views' intrinsics, at the size they are decoded to
+            "K": resize_intrinsics(K[chosen], (stored, stored), (self.image_size,) * 2),
+            "stored_size": stored,
             "w2c": w2c[chosen],
             "frame_numbers": torch.tensor([frames[i]["frame_number"] for i in chosen]),
             "similarity": torch.tensor(meta["similarity"], dtype=torch.float64),
@@ -231,13 +240,24 @@ class DrawViews:
 # Decoding and what the model needs.
 
 
-def decode_image(data: bytes, mode: str, size: int, where: str) -> np.ndarray:
-    """An encoded image as a uint8 array of the expected size, fully decoded."""
+# How views stored larger than data.image_size are resized: as prepare_co3d.py resized them.
+RESAMPLING = {"RGB": Image.Resampling.BICUBIC, "L": Image.Resampling.BILINEAR}
+
+
+def decode_image(
+    data: bytes, mode: str, size: int, where: str, stored: int | None = None
+) -> np.ndarray:
+    """An encoded image of ``stored`` px (default ``size``) as a fully decoded uint8 array of
+    ``size`` px. A larger JPEG is decoded at reduced size first (PIL's draft mode: the DCT
+    scaled by 1/2, 1/4 or 1/8, never below ``size``), then resized."""
+    stored = size if stored is None else stored
     with Image.open(io.BytesIO(data)) as image:
-        array = np.array(image.convert(mode))  # decodes now: a truncated file raises here
-    if array.shape[:2] != (size, size):
-        raise SampleError(f"{where}: a view is {array.shape[:2]}, expected {size}x{size}")
-    return array
+        if image.size != (stored, stored):
+            raise SampleError(f"{where}: a view is {image.size}, expected {stored}x{stored}")
+        if stored == size:
+            return np.array(image.convert(mode))  # decodes now: a truncated file raises here
+        image.draft(mode, (size, size))  # JPEG only: a no-op for the PNG masks
+        return np.array(image.convert(mode).resize((size, size), RESAMPLING[mode]))
 
 
 class DecodeViews:
@@ -259,9 +279,9 @@ class DecodeViews:
     def decode(self, item: dict) -> dict:
         """Images and masks as bytes (floats come in the main process, ``ViewBatches``) and the
         per-view conditions of one sample."""
-        size, where = self.image_size, item["where"]
-        images = np.stack([decode_image(data, "RGB", size, where) for data in item["jpg"]])
-        masks = np.stack([decode_image(data, "L", size, where) for data in item["png"]])
+        size, stored, where = self.image_size, item["stored_size"], item["where"]
+        images = np.stack([decode_image(data, "RGB", size, where, stored) for data in item["jpg"]])
+        masks = np.stack([decode_image(data, "L", size, where, stored) for data in item["png"]])
         images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
         masks = torch.from_numpy(masks)[:, None]  # (N, 1, H, W) uint8
         # Statistics of the [-1, 1] images: x = u / 127.5 - 1 for bytes u.
@@ -334,10 +354,10 @@ def shard_urls(shards: str, image_size: int, categories: Sequence[str] = ()) -> 
     manifest = read_manifest(folder)
     if not manifest.get("complete"):
         raise ValueError(f"{folder / 'manifest.json'}: shards incomplete; re-run prepare_co3d.py")
-    if manifest["image_size"] != image_size:
+    if manifest["image_size"] < image_size:  # larger views are decoded down (decode_image)
         raise ValueError(
             f"{folder}: shards hold {manifest['image_size']} px views, "
-            f"data.image_size is {image_size}"
+            f"data.image_size is {image_size}; prepare_co3d.py --size {image_size} makes them"
         )
     missing = sorted(set(categories) - set(manifest["categories"]))
     if missing:
