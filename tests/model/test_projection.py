@@ -337,7 +337,7 @@ def test_fast_layer_equals_the_dense_one_with_gradients(background, left_out, mo
 
 @pytest.mark.parametrize(
     ("kernel", "stride", "padding"),
-    [(3, 1, 1), (3, 2, 1), (1, 1, 0), ((1, 3, 5), (2, 1, 2), (0, 1, 2))],
+    [(3, 1, 1), (3, 2, 1), (3, 2, 0), (5, 1, 1), (1, 1, 0), ((1, 3, 5), (2, 1, 2), (0, 1, 2))],
 )
 def test_conv3d_by_slices_equals_aten_conv3d(kernel, stride, padding):
     torch.manual_seed(0)

@@ -6,11 +6,13 @@ a 16-channel 32^3 grid of one object) to its native unfold-based kernel instead 
 choice for the backward pass. On the projection layer's grids that kernel is 3-7x slower than
 oneDNN in both directions and was most of a training step's time.
 
-A convolution over depth is a sum of 2D convolutions of depth slices: with the input padded by
-p_d slices, output slice d = sum_k conv2d(slice s_d * d + k, weight[:, :, k]). All slices go
-through one ``conv2d`` as a batch (B * D slices: oneDNN's path), with the kernel's k_d depth taps
-stacked as output channels, and are then summed with the right shifts. Same weights, same result
-(to float rounding), same parameters and state dict as ``nn.Conv3d``; on CUDA it is ``nn.Conv3d``.
+A convolution over depth is a sum of 2D convolutions of depth slices: with the input padded by p_d
+slices, output slice d = sum_k conv2d(slice s_d * d + k, weight[:, :, k]). All slices go through
+one ``conv2d`` as a batch (B * D slices: oneDNN's path), with the kernel's k_d depth taps stacked
+as output channels, and are then summed with the right shifts (each tap shifted by a pad, so that
+the backward pass copies instead of zero-filling: 10% of a tiny-UNet step with the paper's 3D
+settings). Same weights, same result (to float rounding), same parameters and state dict as
+``nn.Conv3d``; on CUDA it is ``nn.Conv3d``.
 """
 
 from __future__ import annotations
@@ -38,9 +40,16 @@ def conv3d_by_slices(
     )
     per_tap = F.conv2d(slices, stacked, stride=stride[1:], padding=padding[1:])
     per_tap = per_tap.reshape(batch, depth, taps, out_channels, *per_tap.shape[2:])
-    per_tap = F.pad(per_tap, (0, 0) * 4 + (pad_d, pad_d))  # zero slices before and after
     span = stride_d * (out_depth - 1) + 1
-    out = sum(per_tap[:, k : k + span : stride_d, k] for k in range(taps))  # (B, D', O, H', W')
+    out = None
+    for k, tap in enumerate(per_tap.unbind(2)):  # (B, D, O, H', W'): tap k of every slice
+        # Output slice d reads input slice stride_d * d + k - pad_d: shift by padding (negative
+        # pads crop). Not by slicing a padded tensor: a slice's backward zero-fills all of it.
+        front = pad_d - k
+        back = span - depth - front
+        shifted = F.pad(tap, (0, 0) * 3 + (front, back)) if front or back else tap
+        shifted = shifted[:, ::stride_d] if stride_d > 1 else shifted
+        out = shifted if out is None else out + shifted  # (B, D', O, H', W')
     out = out.transpose(1, 2)
     return out if bias is None else out + bias[:, None, None, None]
 
