@@ -58,11 +58,12 @@ def test_unprojection_puts_pixels_on_their_rays():
     behind = origins[0, 5, 9] - directions[0, 5, 9]
     points = torch.cat([on_ray, behind[None]])
     sampled, valid, depth, view_dirs = unproject(features, K[None], w2c[None], points)
-    torch.testing.assert_close(sampled[0, 0, :3, 0], torch.ones(3), rtol=0, atol=1e-4)
-    torch.testing.assert_close(depth[0, 0, :3, 0], torch.tensor([2.5, 3.0, 3.5]))
-    assert valid[0, 0, :3].all() and not valid[0, 0, 3].any() and sampled[0, 0, 3, 0] == 0
+    assert sampled.shape == (1, 1, 1, 4) and view_dirs.shape == (3, 1, 1, 4)  # channels first
+    torch.testing.assert_close(sampled[0, 0, 0, :3], torch.ones(3), rtol=0, atol=1e-4)
+    torch.testing.assert_close(depth[0, 0, 0, :3], torch.tensor([2.5, 3.0, 3.5]))
+    assert valid[0, 0, 0, :3].all() and not valid[0, 0, 0, 3] and sampled[0, 0, 0, 3] == 0
     torch.testing.assert_close(
-        view_dirs[0, 0, 0], torch.nn.functional.normalize(directions[0, 5, 9], dim=0)
+        view_dirs[:, 0, 0, 0], torch.nn.functional.normalize(directions[0, 5, 9], dim=0)
     )
 
 
@@ -100,9 +101,9 @@ def lift_and_render(features, K, w2c, used_views, threshold, grid_size=32):
     """unproject -> weighted mean over the used views -> render into every view (fixed weights)."""
     points, _ = grid_world_points(grid_size, background=False, dtype=torch.float32, device="cpu")
     sampled, valid, _, _ = unproject(features[None], K[None], w2c[None], points)
-    weights = valid * used_views[None, :, None, None]
-    grid, _ = weighted_mean_var(sampled, weights)  # (1, 1, P, C)
-    grid = grid[:, 0].transpose(1, 2).reshape(1, -1, grid_size, grid_size, grid_size)
+    weights = valid * used_views[:, None]  # (1, 1, N, P)
+    grid, _ = weighted_mean_var(sampled, weights, dim=2)  # (C, 1, 1, P)
+    grid = grid.reshape(1, -1, grid_size, grid_size, grid_size)
     origins, directions = pixel_rays(K, w2c, SIZE, SIZE, normalize=False)
     rendered, opacity, _ = render_grid(
         grid,
@@ -266,7 +267,7 @@ def test_bad_settings_are_refused():
 
 
 def dense_aggregate(agg: IBRNetAggregator, features, valid, depth, directions, temb):
-    """IBRNet aggregation as written first: every voxel, the (mean, var) concatenated per view."""
+    """IBRNet aggregation as written first: channels last, every voxel, (mean, var) per view."""
     views = features.shape[1]
     features = features + agg.ray_depth_encoder(torch.cat([directions, depth], dim=-1))
     features = features + agg.temb_encoder(temb)[:, :, None, :]
@@ -297,7 +298,8 @@ def dense_layer(layer: ProjectionLayer, features, K, w2c, image_size_hw, temb, t
     K = per_object(resize_intrinsics(K.float(), image_size_hw, (height, width)))
     w2c = per_object(w2c.float())
     points, usable = grid_world_points(layer.grid_size, layer.background, torch.float32, "cpu")
-    sampled, valid, depth, directions = unproject(per_object(compressed), K, w2c, points)
+    lifted = unproject(per_object(compressed), K, w2c, points)
+    sampled, valid, depth, directions = (x.permute(1, 2, 3, 0) for x in lifted)  # (B, N, P, C)
     valid = valid * usable[:, None].float()
     if unprojected is not None:
         valid = valid * per_object(unprojected.float())[:, :, None, None]

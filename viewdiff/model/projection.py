@@ -57,15 +57,15 @@ def aggregate_views(
     points, index = usable_voxels(grid_size, background, features.device)
     sampled, valid, depth, directions = unproject(features, K, w2c, points)
     if unprojected is not None:
-        valid = valid * unprojected.to(valid.dtype)[:, :, None, None]
+        valid = valid * unprojected.to(valid.dtype)[..., None]
         sampled = sampled * valid
     aggregated = aggregator(
         sampled.to(dtype), valid.to(dtype), depth.to(dtype), directions.to(dtype), temb
-    )  # (B, P_u, C')
+    )  # (C', B, P_u)
     voxels = grid_size**3
-    grid = aggregator.empty_voxel().to(dtype).expand(batch, voxels, channels)
-    grid = grid.index_copy(1, index, aggregated) if index.shape[0] < voxels else aggregated
-    return grid.transpose(1, 2).reshape(batch, channels, grid_size, grid_size, grid_size)
+    grid = aggregator.empty_voxel().to(dtype)[:, None, None].expand(channels, batch, voxels)
+    grid = grid.index_copy(2, index, aggregated) if index.shape[0] < voxels else aggregated
+    return grid.transpose(0, 1).reshape(batch, channels, grid_size, grid_size, grid_size)
 
 
 class ProjectionLayer(nn.Module):

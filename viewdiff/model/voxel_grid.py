@@ -94,10 +94,10 @@ def unproject(
     """Lift feature maps of every view onto 3D points (ViewDiff Sec. 3.3, "unprojection").
 
     features (B, N, C, h, w), K (B, N, 3, 3) in pixels of the feature map, w2c (B, N, 4, 4) and
-    points (P, 3) in world. Returns per view and point: the bilinearly sampled features
-    (B, N, P, C), whether the point projects in front of the camera into the image (B, N, P, 1),
-    its depth (B, N, P, 1) and the unit viewing direction camera -> point (B, N, P, 3).
-    Features of invalid points are zero.
+    points (P, 3) in world. Returns, channels first as the aggregator takes them, per view and
+    point: the bilinearly sampled features (C, B, N, P), whether the point projects in front of
+    the camera into the image (1, B, N, P), its depth (1, B, N, P) and the unit viewing
+    direction camera -> point (3, B, N, P). Features of invalid points are zero.
     """
     batch, views, channels, height, width = features.shape
     uv, depth = project(points, K, w2c)  # (B, N, P, 2), (B, N, P)
@@ -109,7 +109,8 @@ def unproject(
         & (uv[..., 1] <= height - 0.5)
     )
     # Pixel centres at integer coordinates: normalised x = (u + 0.5) / W * 2 - 1 with
-    # align_corners=False. Invalid points are sent far outside, where zero padding reads zeros.
+    # align_corners=False. Invalid points are sent far outside, where zero padding reads zeros
+    # (and passes no gradient back), so their features need no masking.
     size = uv.new_tensor([width, height])
     normalised = torch.where(inside[..., None], (uv + 0.5) / size * 2.0 - 1.0, uv.new_tensor(-2.0))
     sampled = F.grid_sample(
@@ -119,10 +120,12 @@ def unproject(
         padding_mode="zeros",
         align_corners=False,
     )  # (B*N, C, 1, P)
-    sampled = sampled.reshape(batch, views, channels, -1).transpose(-1, -2)
-    valid = inside[..., None].to(features.dtype)
-    directions = F.normalize(points - camera_centers(w2c)[..., None, :], dim=-1)
-    return sampled * valid, valid, depth[..., None], directions
+    # Contiguous channels first: elementwise ops on a permuted view would keep its layout.
+    sampled = sampled.reshape(batch, views, channels, -1).permute(2, 0, 1, 3).contiguous()
+    valid = inside[None].to(features.dtype)
+    centres = camera_centers(w2c).permute(2, 0, 1)[..., None]  # (3, B, N, 1)
+    directions = F.normalize(points.T[:, None, None] - centres, dim=0)
+    return sampled, valid, depth[None], directions
 
 
 def sample_grid(grid: Tensor, grid_points: Tensor) -> Tensor:
