@@ -9,8 +9,8 @@ as linear layers over the channel axis.
 
 Layout: channels first, (C, B, N, P) for C channels of P voxels seen by N views of B objects.
 Every per-voxel layer is then one matrix product (O, C) x (C, B*N*P), and the per-view weights
-(1, B, N, P) broadcast over whole rows of channels; with channels last the same work ran at
-0.75x the speed on CPU, most of the difference in the broadcasts over a 16-wide inner axis.
+(1, B, N, P) broadcast over whole rows of channels; with channels last the same work took about
+1.4x as long on CPU, most of the difference in the broadcasts over a 16-wide inner axis.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class IBRNetAggregator(nn.Module):
         shared = torch.addmm(first.bias[:, None], global_weight, statistics)
         x = torch.mm(view_weight, features.reshape(channels, -1))
         x = x.reshape(-1, objects, n_views, voxels) + shared.reshape(-1, objects, 1, voxels)
-        x = per_voxel(self.base_fc[2:], F.elu_(x))  # (C, B, N, P)
+        x = per_voxel(self.base_fc[2:], F.elu_(x))  # in place on the sum; (C, B, N, P)
         # Visibility: a residual feature update and a first weight, then a refined weight.
         x_res, visibility = per_voxel(self.vis_fc, x * weight).split([channels, 1], dim=0)
         visibility = torch.sigmoid(visibility) * valid
