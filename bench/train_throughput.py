@@ -16,7 +16,8 @@ included when checkpointing) and the model-FLOPs utilisation against ``--peak-tf
 (default: the dense bf16 peak of the GPU's name, e.g. 989 for H100/H200 SXM). ``--device``,
 ``--dtype``, ``--sizes`` override the ``--full`` defaults (e.g. to run that path on a CPU);
 ``--gradient-checkpointing`` switches on train.gradient_checkpointing (the UNet's blocks are
-recomputed in the backward pass); ``--json PATH`` also writes the figures as JSON.
+recomputed in the backward pass), ``--optimizer adamw8bit`` takes bitsandbytes' 8-bit AdamW;
+``--json PATH`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def bench_config(args: argparse.Namespace, size: str, data_dir: Path, out: Path)
         mixed_precision=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing,
         mode=args.mode or config.train.mode,
+        optimizer=args.optimizer or config.train.optimizer,
     )
     return dataclasses.replace(config, data=data, train=train)
 
@@ -201,13 +203,14 @@ def run(
     peak_gib, peak_kind = peak_memory(device)
     line = (
         f"{size:5s} {RESOLUTIONS[size]:4d}px N={args.views} B={args.batch} {args.dtype:4s} "
-        f"{config.train.mode} "
+        f"{config.train.mode} {config.train.optimizer} "
         f"{device.type}: {seconds:8.3f} s/step {args.batch / seconds:8.2f} samples/s "
         f"{views / seconds:8.2f} views/s  data {data_share:4.0%}  "
         f"peak {peak_gib:.2f} GiB ({peak_kind})"
     )
     record = {"size": size, "resolution": RESOLUTIONS[size], "views": args.views,
               "batch": args.batch, "dtype": args.dtype, "mode": config.train.mode,
+              "optimizer": config.train.optimizer,
               "gradient_checkpointing": args.gradient_checkpointing, "device": device.type,
               "s_per_step": seconds, "samples_per_s": args.batch / seconds,
               "views_per_s": views / seconds, "data_wait_share": data_share,
@@ -254,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mode", choices=("full", "lora", "new_layers"), help="train.mode")
+    parser.add_argument("--optimizer", choices=("adamw", "adamw8bit"), help="train.optimizer")
     parser.add_argument(
         "--peak-tflops", type=nonnegative_float, help="peak of the device for the MFU"
     )
