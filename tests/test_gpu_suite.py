@@ -21,6 +21,7 @@ TIMINGS = {
     "sds_step": ("total_ms", "prior_ms", "render_ms"),
     "render_torch": ("forward_ms", "backward_ms", "views_per_s"),
     "inversion": ("invert_s", "edit_s"),
+    "train_memory": ("s_per_step", "peak_gib"),
 }
 CUDA_ONLY = {"render_gsplat"}
 
