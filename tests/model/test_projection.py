@@ -6,7 +6,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pixel_rays, project, resize_intrinsics
-from viewdiff.model.aggregate import IBRNetAggregator, weighted_mean_var
+from viewdiff.model.aggregate import (
+    AddSharedELU,
+    IBRNetAggregator,
+    mean_var_by_autograd,
+    weighted_mean_var,
+)
 from viewdiff.model.conv3d import Conv3d
 from viewdiff.model.projection import ProjectionLayer
 from viewdiff.model.volume_render import box_ray_bounds, composite, render_grid
@@ -266,20 +271,49 @@ def test_bad_settings_are_refused():
 # batched 2D ones on CPU) against the dense path it replaced.
 
 
+def test_mean_var_backward_is_the_derivative():
+    torch.manual_seed(0)
+    features = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, w: weighted_mean_var(f, w, 2), (features, weights))
+    # Voxels no view sees (all weights zero; finite differences cannot step there): as autograd.
+    unseen = weights.detach().clone()
+    unseen[:, 0, :, 1] = 0.0
+    unseen.requires_grad_()
+    grads = [torch.randn(3, 2, 1, 5, dtype=torch.float64) for _ in range(2)]
+    got = torch.autograd.grad(weighted_mean_var(features, unseen, 2), [features, unseen], grads)
+    want = torch.autograd.grad(mean_var_by_autograd(features, unseen, 2), [features, unseen], grads)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_add_shared_elu_backward_is_the_derivative():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2 * 4 * 5, dtype=torch.float64, requires_grad=True)
+    shared = torch.randn(3, 2, 1, 5, dtype=torch.float64, requires_grad=True)
+
+    def fused(x, shared):
+        return AddSharedELU.apply(x.clone(), shared, 0.7)  # overwrites a fresh tensor
+
+    assert torch.autograd.gradcheck(fused, (x, shared))
+    expected = F.elu(x.reshape(3, 2, 4, 5) + shared, 0.7).reshape(3, -1)
+    torch.testing.assert_close(fused(x, shared), expected)
+
+
 def dense_aggregate(agg: IBRNetAggregator, features, valid, depth, directions, temb):
     """IBRNet aggregation as written first: channels last, every voxel, (mean, var) per view."""
     views = features.shape[1]
     features = features + agg.ray_depth_encoder(torch.cat([directions, depth], dim=-1))
     features = features + agg.temb_encoder(temb)[:, :, None, :]
     weight = valid / (valid.sum(dim=1, keepdim=True) + 1e-8)
-    mean, var = weighted_mean_var(features, valid)
+    mean, var = mean_var_by_autograd(features, valid)
     global_features = torch.cat([mean, var], dim=-1).expand(-1, views, -1, -1)
     x = agg.base_fc(torch.cat([global_features, features], dim=-1))
     x_res, visibility = agg.vis_fc(x * weight).split([x.shape[-1], 1], dim=-1)
     visibility = torch.sigmoid(visibility) * valid
     x = x + x_res
     visibility = agg.vis_fc2(x * visibility) * valid
-    mean, var = weighted_mean_var(x, visibility)
+    mean, var = mean_var_by_autograd(x, visibility)
     weight = visibility / (visibility.sum(dim=1, keepdim=True) + 1e-8)
     return agg.statistics_out(torch.cat([mean[:, 0], var[:, 0], weight.mean(dim=1)], dim=-1))
 
