@@ -1,6 +1,7 @@
 """bench/gpu_suite.py: the smoke run goes through every part, and a part that fails or hangs is
 recorded without stopping the others (the figures themselves are reported, not tested)."""
 
+import argparse
 import json
 import math
 import runpy
@@ -58,6 +59,29 @@ def test_smoke_run_measures_every_part(tmp_path, capsys):
     assert all(f"## {name}: {part['status']}" in markdown for name, part in parts.items())
     assert "| unet | resolution | variant |" in markdown  # model_step's table
     assert markdown in capsys.readouterr().out
+
+
+class Parsed(Exception):
+    """Raised once a script has parsed its options, before it measures anything."""
+
+
+@pytest.mark.parametrize("name", list(runpy.run_path(SUITE)["PARTS"]))
+def test_every_part_takes_its_gpu_options(name, tmp_path, monkeypatch):
+    # The smoke run uses other options; these are the ones a GPU run passes, checked here so
+    # that a misspelt or dropped option does not cost the first GPU run.
+    part = runpy.run_path(SUITE)["PARTS"][name]
+    parse = argparse.ArgumentParser.parse_args
+    parsed = []
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parsed.append(parse(self, args, namespace))
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    script_main = runpy.run_path(str(REPO / part.script))["main"]
+    with pytest.raises(Parsed):
+        script_main([*part.gpu, "--json", str(tmp_path / "figures.json")])
+    assert parsed and str(parsed[0].json) == str(tmp_path / "figures.json")
 
 
 def test_a_failed_or_stopped_part_keeps_its_stderr_and_figures(tmp_path):
