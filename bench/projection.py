@@ -17,6 +17,10 @@ interleaved rounds, after a warm-up round:
 2. the whole ``ProjectionLayer`` (compress, unproject, aggregate, 3D UNet, render, expand) with
    the paper's settings (G=32, 128 samples per ray, background) at the feature sizes given.
 
+``--floor`` adds to the first table the time of only the operations any implementation of the
+same computation must run (``necessary_ops``: the per-voxel matrix products with their
+gradients, the ELUs, one grid_sample), a lower bound for eager PyTorch.
+
 ``--compile`` adds ``torch.compile`` of ours to both tables (its first call, the compilation, is
 the warm-up round; half a minute per shape on CPU).
 
@@ -171,6 +175,66 @@ def scene(views: int, feature_size: int, device: torch.device) -> tuple[Tensor, 
     return K.to(device), w2c.to(device)
 
 
+def necessary_ops(
+    aggregator: IBRNetAggregator, views: int, voxels: int, feature_size: int, device: torch.device
+) -> Callable[[], float]:
+    """Seconds of only what any unproject + aggregate must compute, fwd + bwd: the aggregator's
+    per-voxel matrix products and their gradients, its ELUs, one grid_sample of all views.
+
+    Without the means, variances, broadcasts and sums between them, this is a lower bound for
+    an eager implementation of the same computation (fp32).
+    """
+    per_view, per_voxel = views * voxels, voxels  # columns (one object)
+    products = []  # (out, in, columns, whether the input needs a gradient)
+    elus = []  # elements
+    for layers, columns in [
+        (aggregator.ray_depth_encoder, per_view),
+        (aggregator.base_fc, per_view),
+        (aggregator.vis_fc, per_view),
+        (aggregator.vis_fc2, per_view),
+        (aggregator.statistics_out, per_voxel),
+    ]:
+        for layer in (layer for layer in layers if isinstance(layer, nn.Linear)):
+            needs_grad = layer is not aggregator.ray_depth_encoder[0]  # geometry: no gradient
+            if layer is aggregator.base_fc[0]:  # [mean, var] once per voxel, features per view
+                shared = 2 * layer.in_features // 3
+                products.append((layer.out_features, shared, per_voxel, True))
+                products.append((layer.out_features, layer.in_features - shared, columns, True))
+            else:
+                products.append((layer.out_features, layer.in_features, columns, needs_grad))
+        elus += [layers[i - 1].out_features * columns
+                 for i, layer in enumerate(layers) if isinstance(layer, nn.ELU)]  # fmt: skip
+    operands = [
+        (torch.randn(o, i, device=device), torch.randn(i, c, device=device),
+         torch.randn(o, c, device=device), needs_grad)
+        for o, i, c, needs_grad in products
+    ]  # fmt: skip
+    activations = [torch.randn(size, device=device) for size in elus]
+    channels = aggregator.statistics_out[0].out_features
+    maps = torch.randn(views, channels, feature_size, feature_size, device=device)
+    maps.requires_grad_()
+    where = torch.rand(views, 1, voxels, 2, device=device) * 2 - 1
+
+    def run() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for weight, inputs, grad, needs in operands:
+            torch.mm(weight, inputs), torch.mm(grad, inputs.T)
+            if needs:
+                torch.mm(weight.T, grad)
+        for x in activations:
+            result = F.elu(x)
+            torch.ops.aten.elu_backward(result, 1.0, 1.0, 1.0, True, result)
+        sampled = F.grid_sample(maps, where, align_corners=False)
+        torch.autograd.grad(sampled.sum(), maps)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return run
+
+
 def fwd_bwd(
     fn: Callable[..., Tensor],
     inputs: tuple,
@@ -230,6 +294,11 @@ def pieces_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
                 timed, reference, params=[features, *reference.parameters()]
             ),
         }
+        if args.floor:
+            usable_count = int(usable.sum()) if background else points.shape[0]
+            runs["floor"] = necessary_ops(
+                aggregator, args.views, usable_count, feature_size, args.device
+            )
         if args.compile:
             compiled = torch.compile(ours_run)
             runs["compiled"] = functools.partial(
@@ -245,6 +314,9 @@ def pieces_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
             "ratio": medians["ours"] / medians["reference"],
             "max_difference": float(difference),
         }
+        if args.floor:
+            row["floor_ms"] = 1e3 * medians["floor"]
+            row["floor_ratio"] = medians["floor"] / medians["reference"]
         if args.compile:
             row["compiled_ms"] = 1e3 * medians["compiled"]
             row["compiled_ratio"] = medians["compiled"] / medians["reference"]
@@ -257,7 +329,9 @@ def pieces_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
             f"reference layout {row['reference_ms']:8.1f} ms  ratio {row['ratio']:.2f}  "
             f"(outputs differ by {row['max_difference']:.1e})"
             + (f"  compiled {row['compiled_ms']:8.1f} ms  ratio {row['compiled_ratio']:.2f}"
-               if args.compile else ""),
+               if args.compile else "")
+            + (f"  necessary ops only {row['floor_ms']:8.1f} ms  ratio {row['floor_ratio']:.2f}"
+               if args.floor else ""),
             flush=True,
         )  # fmt: skip
     return rows
@@ -322,6 +396,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer-only", action="store_true", help="only the whole-layer table")
     parser.add_argument("--pieces-only", action="store_true", help="only the pieces table")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ours")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time only the operations any implementation must run (a lower bound)",
+    )
     add_json_option(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))

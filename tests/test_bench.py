@@ -5,6 +5,7 @@ import runpy
 import sys
 
 import pytest
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def test_model_step_benchmark_prints_a_line_per_configuration(capsys, monkeypatch):
@@ -101,3 +102,26 @@ def test_projection_benchmark_restates_the_reference_pieces_faithfully(capsys):
     bench["main"](["--features", "8", "--grids", "8", "--repeats", "1", "--background", "on"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "ratio" in lines[0] and "fwd+bwd" in lines[1], lines
+
+
+def test_projection_floor_does_the_matrix_products_of_ours():
+    # The lower bound must not leave work out: the same matrix-product FLOPs as our unproject +
+    # aggregate fwd+bwd, less only the camera projection and the time-embedding encoder.
+    bench = runpy.run_path("bench/projection.py")
+    torch = bench["torch"]
+    for background in (False, True):
+        torch.manual_seed(0)
+        aggregator = bench["IBRNetAggregator"](16, bench["TEMB_DIM"])
+        K, w2c = bench["scene"](5, 8, torch.device("cpu"))
+        points, usable = bench["grid_world_points"](8, background, torch.float32, "cpu")
+        features = torch.randn(1, 5, 16, 8, 8, requires_grad=True)
+        inputs = (features, K, w2c, points, usable, torch.randn(1, 5, 128))
+        with FlopCounterMode(display=False) as ours:
+            out = bench["ours"](aggregator, background)(*inputs)
+            torch.autograd.grad(out.square().mean(), [features, *aggregator.parameters()])
+        voxels = int(usable.sum()) if background else points.shape[0]
+        floor_run = bench["necessary_ops"](aggregator, 5, voxels, 8, torch.device("cpu"))
+        with FlopCounterMode(display=False) as floor:
+            assert floor_run() > 0
+        ratio = floor.get_total_flops() / ours.get_total_flops()
+        assert 0.98 < ratio < 1.0, (background, ratio)
