@@ -14,7 +14,8 @@ at the end). Both are rewritten after every part: a suite stopped halfway keeps 
 
 ``--smoke`` runs every part on the CPU in fp32 with tiny sizes and one timed step, through the
 same ``--full`` code paths (tiny UNet, tiny_cpu 3D grid); a part that needs CUDA by nature
-(gsplat) is recorded as skipped with the reason.
+(gsplat) is recorded as skipped with the reason. ``--smoke --jobs 2`` runs two parts at a time
+(each on one thread; their timings mean nothing anyway); a GPU run takes them one by one.
 """
 
 from __future__ import annotations
@@ -31,18 +32,21 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from viewdiff.cli_args import check_output_folder, positive_float
+from viewdiff.cli_args import check_output_folder, positive_float, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 465.0
 """The suite's default wall-clock budget: under 8 minutes with the start of the suite itself."""
 MIN_PART_S = 15.0
+RUNNING: set[subprocess.Popen] = set()  # the parts' processes now running (for Ctrl-C)
 """A part left less time than this by the budget is skipped: it could not even build its model."""
 STDERR_LINES = 30
 """How much of a failed part's stderr the JSON and the markdown keep."""
@@ -222,6 +226,7 @@ def run_part(part: Part, smoke: bool, timeout_s: float, work: Path) -> dict:
     process = subprocess.Popen(command, cwd=REPO, env=part_environment(smoke), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)  # fmt: skip
+    RUNNING.add(process)
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
         status = "ok" if process.returncode == 0 else "failed"
@@ -232,6 +237,8 @@ def run_part(part: Part, smoke: bool, timeout_s: float, work: Path) -> dict:
     except BaseException:  # Ctrl-C: the part's whole process group goes with the suite
         kill_group(process)
         raise
+    finally:
+        RUNNING.discard(process)
     seconds = time.perf_counter() - start
     printed = [line for line in stdout.splitlines() if line.strip()]
     figures = json.loads(json_file.read_text()) if json_file.is_file() else []
@@ -320,7 +327,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=positive_float, default=BUDGET_S, help="seconds for the whole suite"
     )
+    parser.add_argument(
+        "--jobs", type=positive_int, default=1, help="parts at a time (--smoke only)"
+    )
     args = parser.parse_args(argv)
+    if args.jobs > 1 and not args.smoke:
+        parser.error("--jobs runs parts side by side: --smoke only (parts share one GPU)")
     try:
         check_output_folder(args.out)
     except ValueError as error:
@@ -337,23 +349,44 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     suite = {"mode": "smoke, CPU" if args.smoke else "full, CUDA", "budget_s": args.budget,
              "seconds": 0.0, "environment": environment(args.smoke), "parts": {}}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="gpu-suite-") as work:
-        for index, name in enumerate(args.parts, 1):
-            part = PARTS[name]
-            left = args.budget - (time.perf_counter() - start)
-            print(f"[{index}/{len(args.parts)}] {name} (limit {min(left, part.timeout_s):.0f} s)",
-                  flush=True)  # fmt: skip
-            if left < MIN_PART_S:
-                record = skipped(part, f"the suite's budget of {args.budget:.0f} s was spent")
-            else:
-                record = run_part(part, args.smoke, min(left, part.timeout_s), Path(work))
-            suite["parts"][name] = record
+    records: dict[str, dict] = {}
+    finished = threading.Lock()  # one part's record written at a time
+
+    def run(index: int, name: str, work: Path) -> None:
+        part = PARTS[name]
+        left = args.budget - (time.perf_counter() - start)
+        print(f"[{index}/{len(args.parts)}] {name} (limit {min(left, part.timeout_s):.0f} s)",
+              flush=True)  # fmt: skip
+        if left < MIN_PART_S:
+            record = skipped(part, f"the suite's budget of {args.budget:.0f} s was spent")
+        else:
+            record = run_part(part, args.smoke, min(left, part.timeout_s), work)
+        lines = [f"    {line}" for line in record["stdout"]]
+        lines.append(f"    {name}: {record['status']} in {record['seconds']:.1f} s"
+                     + (f": {record['reason']}" if record["reason"] else ""))  # fmt: skip
+        with finished:
+            records[name] = record
+            # In the parts' order, whichever finished first.
+            suite["parts"] = {name: records[name] for name in args.parts if name in records}
             suite["seconds"] = time.perf_counter() - start
             write_outputs(args.out, suite)
-            for line in record["stdout"]:
-                print(f"    {line}")
-            print(f"    {record['status']} in {record['seconds']:.1f} s"
-                  + (f": {record['reason']}" if record["reason"] else ""), flush=True)  # fmt: skip
+            print("\n".join(lines), flush=True)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="gpu-suite-") as work,
+        ThreadPoolExecutor(args.jobs) as pool,
+    ):
+        runs = [pool.submit(run, index, name, Path(work))
+                for index, name in enumerate(args.parts, 1)]  # fmt: skip
+        try:
+            for done in runs:
+                done.result()  # re-raises what went wrong in the suite itself
+        except BaseException:  # Ctrl-C reaches this thread: the parts' process groups go too
+            pool.shutdown(cancel_futures=True, wait=False)
+            for process in list(RUNNING):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            raise
     print(markdown(suite), flush=True)
     bad = [name for name, part in suite["parts"].items() if part["status"] in ("failed", "timeout")]
     return 1 if bad else 0

@@ -35,7 +35,7 @@ def numbers(figure: dict) -> list[float]:
 def test_smoke_run_measures_every_part(tmp_path, capsys):
     start = time.perf_counter()
     suite_main = runpy.run_path(SUITE)["main"]
-    assert suite_main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert suite_main(["--smoke", "--jobs", "2", "--out", str(tmp_path)]) == 0
     print(f"smoke suite: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     suite = json.loads((tmp_path / "gpu_suite.json").read_text())
     parts, environment = suite["parts"], suite["environment"]
@@ -121,3 +121,10 @@ def test_the_full_suite_needs_cuda(tmp_path, monkeypatch, capsys):
         runpy.run_path(SUITE)["main"](["--out", str(tmp_path / "suite")])
     assert exit_info.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "suite").exists()
+
+
+def test_parts_run_side_by_side_only_in_a_smoke_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(SUITE)["main"](["--jobs", "2", "--out", str(tmp_path / "suite")])
+    assert exit_info.value.code == 2 and "--smoke only" in capsys.readouterr().err
