@@ -125,7 +125,7 @@ class AddSharedELU(torch.autograd.Function):
         (result,) = ctx.saved_tensors
         grad = torch.ops.aten.elu_backward(grad, ctx.alpha, 1.0, 1.0, True, result)
         objects, voxels = ctx.shared_shape[1], ctx.shared_shape[3]
-        grad_shared = grad.view(grad.shape[0], objects, -1, voxels).sum(dim=2, keepdim=True)
+        grad_shared = grad.reshape(grad.shape[0], objects, -1, voxels).sum(dim=2, keepdim=True)
         return grad, grad_shared.to(ctx.shared_dtype), None
 
 
