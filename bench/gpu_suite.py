@@ -46,10 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 465.0
 """The suite's default wall-clock budget: under 8 minutes with the start of the suite itself."""
 MIN_PART_S = 15.0
-RUNNING: set[subprocess.Popen] = set()  # the parts' processes now running (for Ctrl-C)
 """A part left less time than this by the budget is skipped: it could not even build its model."""
 STDERR_LINES = 30
 """How much of a failed part's stderr the JSON and the markdown keep."""
+RUNNING: set[subprocess.Popen] = set()
+"""The parts' processes now running: Ctrl-C kills them all, whichever thread waits on them."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -295,10 +295,8 @@ def pieces_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
             ),
         }
         if args.floor:
-            usable_count = int(usable.sum()) if background else points.shape[0]
-            runs["floor"] = necessary_ops(
-                aggregator, args.views, usable_count, feature_size, args.device
-            )
+            voxels = int(usable.sum())  # those computed: all of them without background
+            runs["floor"] = necessary_ops(aggregator, args.views, voxels, feature_size, args.device)
         if args.compile:
             compiled = torch.compile(ours_run)
             runs["compiled"] = functools.partial(
