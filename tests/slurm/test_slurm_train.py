@@ -24,6 +24,8 @@ PREEMPTED_EXIT_CODE = 3  # viewdiff.training.signals.PREEMPTED_EXIT_CODE
 TASK_OPTIONS = ["--ntasks-per-node=2", "--cpus-per-task=1", "--job-name=viewdiff-test"]
 JOB_TIMEOUT = 240  # seconds; a run of a few tiny steps takes well under a minute
 SUMMARY = re.compile(r"step (\d+)/(\d+) \|.*\| (\d+) ranks?$", re.MULTILINE)
+# One cluster at a time: `make test`'s workers (pytest-xdist) run this module on one of them.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 @pytest.fixture(scope="module")
