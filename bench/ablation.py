@@ -50,12 +50,12 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from viewdiff.cli_args import positive_int  # noqa: E402
+from viewdiff.commands.options import positive_int  # noqa: E402
 from viewdiff.config import DataConfig, SampleConfig, load_config  # noqa: E402
 from viewdiff.data.toy_objects import toy_prompts  # noqa: E402
 from viewdiff.inference.evaluate import summarize, view_metrics  # noqa: E402
 from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa: E402
-from viewdiff.inference.load import load_export  # noqa: E402
+from viewdiff.prior.load import load_export  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402

@@ -20,7 +20,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from viewdiff.cli_args import nonnegative_int, positive_int
+from viewdiff.commands.options import nonnegative_int, positive_int
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import ShardOptions, write_shards
 from viewdiff.data.stream import build_loader

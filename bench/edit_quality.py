@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from viewdiff.cli_args import nonnegative_float, nonnegative_int, positive_int
-from viewdiff.editing.denoisers import denoiser, load_editing_model  # noqa: E402
+from viewdiff.commands.options import nonnegative_float, nonnegative_int, positive_int
+from viewdiff.editing.editing_model import denoiser, load_editing_model  # noqa: E402
 from viewdiff.editing.inversion import generate, invert  # noqa: E402
 from viewdiff.inference.evaluate import view_psnr  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
-from viewdiff.sampling import decode_latents, encode_images  # noqa: E402
+from viewdiff.prior.call import decode_latents, encode_images
 from viewdiff.scene.fit import FitConfig  # noqa: E402
 from viewdiff.scene.losses import psnr  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402

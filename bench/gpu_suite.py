@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from viewdiff.cli_args import check_output_folder, positive_float, positive_int
+from viewdiff.commands.options import positive_float, positive_int
+from viewdiff.output_folders import check_output_folder
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 465.0

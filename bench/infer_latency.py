@@ -31,16 +31,11 @@ from pathlib import Path
 import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
-from viewdiff.cli_args import nonnegative_int, positive_int
+from viewdiff.commands.options import nonnegative_int, positive_int
 from viewdiff.config import ModelConfig
 from viewdiff.model import MultiViewUNet
-from viewdiff.sampling import (
-    ViewConditions,
-    decode_latents,
-    denoise_views,
-    inference_scheduler,
-    initial_noise,
-)
+from viewdiff.prior.call import ViewConditions, decode_latents
+from viewdiff.sampling import denoise_views, inference_scheduler, initial_noise
 from viewdiff.tiny import (
     build_unet,
     build_vae,

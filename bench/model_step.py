@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
-from viewdiff.cli_args import positive_int
+from viewdiff.commands.options import positive_int
 from viewdiff.config import ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.tiny import build_unet, sd21_base_unet_config, unet_config

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pixel_rays, project
-from viewdiff.cli_args import positive_int
+from viewdiff.commands.options import positive_int
 from viewdiff.model.aggregate import IBRNetAggregator
 from viewdiff.model.projection import ProjectionLayer, aggregate_views
 from viewdiff.model.voxel_grid import grid_world_points

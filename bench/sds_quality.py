@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 import infer  # noqa: E402
 from viewdiff.cameras_json import write_cameras  # noqa: E402
-from viewdiff.cli_args import positive_int
+from viewdiff.commands.options import positive_int
 from viewdiff.scene.gaussians import read_gaussian_ply  # noqa: E402
 from viewdiff.scene.losses import psnr  # noqa: E402
 from viewdiff.scene.render import render  # noqa: E402

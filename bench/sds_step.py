@@ -33,8 +33,8 @@ import torch  # noqa: E402
 from json_records import JsonRecords, add_json_option  # noqa: E402
 from random_prior import random_export  # noqa: E402
 
-from viewdiff.cli_args import positive_int
-from viewdiff.inference.load import load_export  # noqa: E402
+from viewdiff.commands.options import positive_int
+from viewdiff.prior.load import load_export  # noqa: E402
 from viewdiff.sds.cameras import CameraRanges  # noqa: E402
 from viewdiff.sds.config import SdsConfig  # noqa: E402
 from viewdiff.sds.loop import PhaseTimer, ScoreDistillation, initial_scene  # noqa: E402

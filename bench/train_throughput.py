@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTokenizer
 
-from viewdiff.cli_args import nonnegative_float, nonnegative_int, positive_int
+from viewdiff.commands.options import nonnegative_float, nonnegative_int, positive_int
 from viewdiff.config import Config, load_config
 from viewdiff.data.shards import ShardOptions, write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
@@ -57,9 +57,9 @@ from viewdiff.tiny import (
 )
 from viewdiff.training.base_pipeline import BasePipeline, freeze_encoders
 from viewdiff.training.data_segments import SegmentedBatches
-from viewdiff.training.modes import COMPUTE_DTYPES, build_training_model, cast_frozen
 from viewdiff.training.optim import build_optimizer, parameter_groups
 from viewdiff.training.step import TrainingParts, train_step
+from viewdiff.training.training_model import COMPUTE_DTYPES, build_training_model, cast_frozen
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # json_records, beside this file
 from json_records import JsonRecords, add_json_option  # noqa: E402

@@ -31,18 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from viewdiff.cli_args import positive_int
-from viewdiff.editing.denoisers import load_editing_model  # noqa: E402
-from viewdiff.editing.metrics import edit_metrics  # noqa: E402
-from viewdiff.editing.trame import TrameEditor  # noqa: E402
-from viewdiff.editing.trame_config import TrameConfig  # noqa: E402
-from viewdiff.inference.load import read_export  # noqa: E402
+from viewdiff.commands.options import positive_int
+from viewdiff.editing.editing_model import load_editing_model  # noqa: E402
+from viewdiff.prior.load import read_export  # noqa: E402
 from viewdiff.scene.fit import FitConfig, PosedViews, fit  # noqa: E402
 from viewdiff.scene.gaussians import GaussianScene  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classify_colour, toy_words  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import make_toy_shards, toy_orbit  # noqa: E402
+from viewdiff.trame.config import TrameConfig  # noqa: E402
+from viewdiff.trame.editor import TrameEditor  # noqa: E402
+from viewdiff.trame.metrics import edit_metrics  # noqa: E402
 from viewdiff.visualize import image_grid, to_pil  # noqa: E402
 
 SCENE_FIT = FitConfig(iterations=600, sh_degree=0, densify_from=100, densify_until=450,

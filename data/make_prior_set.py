@@ -21,8 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from viewdiff.cli_args import check_output_folder, finite_float, positive_int
+from viewdiff.commands.options import finite_float, positive_int
 from viewdiff.data.prior_set import PriorOptions, training_captions, write_prior_set
+from viewdiff.output_folders import check_output_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from viewdiff.cli_args import check_output_folder, int_in, positive_int
+from viewdiff.commands.options import int_in, positive_int
 from viewdiff.data.co3d import list_subsets, read_category
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.data.synthetic_objects import STYLES
+from viewdiff.output_folders import check_output_folder
 
 
 def parse_size(text: str) -> tuple[int, int]:

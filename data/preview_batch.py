@@ -18,7 +18,7 @@ from PIL import Image, ImageChops, ImageDraw
 from torch import Tensor
 
 from viewdiff.cameras import resize_intrinsics
-from viewdiff.cli_args import pixel_size, positive_int, view_count
+from viewdiff.commands.options import pixel_size, positive_int, view_count
 from viewdiff.config import DataConfig
 from viewdiff.data.shards import read_manifest
 from viewdiff.data.stream import build_loader

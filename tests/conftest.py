@@ -68,7 +68,7 @@ def tiny_export(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="session")
 def prior(tiny_export: Path):
     """The tiny export, loaded on the CPU."""
-    from viewdiff.inference.load import load_export
+    from viewdiff.prior.load import load_export
 
     return load_export(tiny_export, "cpu")
 

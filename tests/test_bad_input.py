@@ -190,7 +190,7 @@ def test_modules(case, files, capsys):
     module, argv, message = MODULE_CASES[case]
     names = {k: str(v) for k, v in files.items()}
     main = importlib.import_module(
-        module if module != "viewdiff.toy" else "viewdiff.toy.__main__"
+        module if module != "viewdiff.toy" else "viewdiff.commands.toy"
     ).main
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(**names) for a in argv])

@@ -9,12 +9,12 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
+from viewdiff.commands.tiny import main
 from viewdiff.tiny import (
     build_tiny_pipeline,
     build_unet,
     build_vae,
     bytes_to_unicode,
-    main,
     sd21_base_scheduler_config,
     sd21_base_unet_config,
     sd21_base_vae_config,

@@ -11,7 +11,6 @@ overrides are checked lives in ``viewdiff.strict_config``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from viewdiff.sds.config import SdsConfig
-from viewdiff.strict_config import ConfigError, apply_override, build, describe_fields, read_yaml
+from viewdiff.strict_config import ConfigError, apply_override, build, read_yaml
 
 # The schema: every section and field, with its default and its documentation.
 
@@ -407,26 +406,3 @@ def read_config_json(path: str | Path) -> Config:
 def config_to_yaml(config: Config) -> str:
     """The resolved config as YAML, loadable again as a preset."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Give an entry point ``--config``, ``--print-config`` and ``key.sub=value`` overrides."""
-    parser.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml)")
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config and exit (dry run)"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.sub=value", help="override any config key (below)"
-    )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys (set in a preset or as key.sub=value):\n" + "\n".join(
-        describe_fields(Config)
-    )
-
-
-def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
-    """The resolved config of parsed arguments; a bad preset or override exits with its error."""
-    try:
-        return load_config(args.config, args.overrides)
-    except ConfigError as error:
-        parser.error(str(error))

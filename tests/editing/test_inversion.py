@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.editing.denoisers import denoiser, load_editing_model
+from viewdiff.editing.editing_model import denoiser, load_editing_model
 from viewdiff.editing.inversion import (
     ddpm_grid,
     generate,

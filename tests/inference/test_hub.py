@@ -10,7 +10,7 @@ import pytest
 
 import viewdiff.inference.hub as hub
 from infer import main
-from viewdiff.inference.load import load_export, read_export
+from viewdiff.prior.load import load_export, read_export
 
 
 class FakeHub:

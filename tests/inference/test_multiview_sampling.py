@@ -9,14 +9,8 @@ import torch
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
 from viewdiff.config import SampleConfig
 from viewdiff.diffusion import noise_scheduler
-from viewdiff.sampling import (
-    SCHEDULERS,
-    ViewConditions,
-    denoise_views,
-    encode_prompts,
-    inference_scheduler,
-    initial_noise,
-)
+from viewdiff.prior.call import ViewConditions, encode_prompts
+from viewdiff.sampling import SCHEDULERS, denoise_views, inference_scheduler, initial_noise
 from viewdiff.tiny import sd21_base_scheduler_config
 
 

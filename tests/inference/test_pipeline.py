@@ -13,8 +13,8 @@ import infer
 from viewdiff.cameras import orbit
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.pipeline import MultiViewPipeline
-from viewdiff.inference.self_contained import write_self_contained
 from viewdiff.inference.trajectory import orbit_trajectory
+from viewdiff.prior.self_contained import write_self_contained
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from viewdiff.cameras import camera_centers, intrinsics_from_fov, orbit, project
 from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.commands.export import add_export_command
 from viewdiff.scene.camera_export import (
     colmap_text_model,
     corner_origin_intrinsics,
@@ -22,7 +23,6 @@ from viewdiff.scene.camera_export import (
     opengl_c2w_to_opencv_w2c,
     rotation_to_quaternion,
 )
-from viewdiff.scene.export_cli import add_export_command
 from viewdiff.scene.gaussians import quaternion_to_rotation
 
 HEIGHT, WIDTH, VIEWS = 24, 32, 5

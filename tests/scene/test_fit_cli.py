@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.commands.fit import add_fit_command, fit_settings, held_out_views
 from viewdiff.inference.outputs import save_generation
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.scene.fit import FitConfig
-from viewdiff.scene.fit_cli import add_fit_command, fit_settings, held_out_views
 from viewdiff.scene.gaussians import random_scene, read_gaussian_ply
 from viewdiff.scene.render import render
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
-from viewdiff.sampling import ViewConditions, encode_prompts
+from viewdiff.prior.call import ViewConditions, encode_prompts
 from viewdiff.sds.config import SdsConfig
 from viewdiff.sds.gradient import (
     distill,

@@ -76,7 +76,7 @@ def test_bad_input_exits_2_before_compute(
     (tmp_path / "file.txt").write_text("")
     Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "wide.png")
     (tmp_path / "cameras.json").write_text("{}")
-    monkeypatch.setattr("viewdiff.sds.cli.load_export", _no_compute)
+    monkeypatch.setattr("viewdiff.commands.sds.load_export", _no_compute)
     args = {
         "--checkpoint": str(tiny_export),
         "--prompt": "a red ball",

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from viewdiff.cameras import camera_centers, intrinsics_from_fov, orbit
+from viewdiff.prior.camera_record import CameraRecord, write_camera_distribution
 from viewdiff.sds.cameras import CameraRanges, camera_ranges, sample_camera_groups
 from viewdiff.sds.config import SdsConfig
 from viewdiff.sds.guidance_eval import guidance_eval_picture
 from viewdiff.sds.loop import ImageCondition, ScoreDistillation, initial_scene
-from viewdiff.training.camera_record import CameraRecord, write_camera_distribution
 
 RANGES = CameraRanges((3.5, 4.5), (20.0, 40.0), (30.0, 50.0), "test")
 CONFIG = SdsConfig(steps=6, num_gaussians=300, image_size=32, views=3, guidance_scale=20.0,

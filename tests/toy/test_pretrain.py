@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from viewdiff.toy.__main__ import main
+from viewdiff.commands.toy import main
 from viewdiff.toy.stage import Stage, learning_rate, run_stage
 from viewdiff.toy.vae_training import random_crops
 

@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from viewdiff.config import Config, DataConfig, TrainConfig
 from viewdiff.diffusion import noise_scheduler
-from viewdiff.inference.load import load_export
 from viewdiff.model import MultiViewUNet
+from viewdiff.prior.load import load_export
 from viewdiff.toy import ship
 from viewdiff.toy.ship import ship_toy
 from viewdiff.training.export import export_model

@@ -14,7 +14,7 @@ from PIL import Image
 
 import infer
 from viewdiff.data.toy_objects import toy_prompts
-from viewdiff.inference.load import load_export, read_export
+from viewdiff.prior.load import load_export, read_export
 from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW, TOY_SD
 from viewdiff.toy.classify import classifier_accuracy, classify_colour, fit_shape_classifier
 from viewdiff.toy.quality import prior_views, toy_orbit, unit

@@ -12,7 +12,7 @@ from viewdiff.config import Config, DataConfig, TrainConfig
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.model.persistence import ADAPTER_WEIGHTS_FILE, DIFFUSERS_LORA_FILE, UNET_LORA_DIR
 from viewdiff.training.export import export_model
-from viewdiff.training.modes import build_training_model
+from viewdiff.training.training_model import build_training_model
 
 MODEL_SETTINGS = {"pose_lora_rank": 4, "projection_channels": 8, "voxel_grid_size": 8,
                   "render_samples": 8, "base_lora_rank": 4}  # fmt: skip

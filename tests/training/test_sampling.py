@@ -10,13 +10,8 @@ from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.config import ModelConfig
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.model import MultiViewUNet
-from viewdiff.sampling import (
-    ddim_scheduler,
-    decode_latents,
-    encode_images,
-    encode_prompts,
-    sample_views,
-)
+from viewdiff.prior.call import decode_latents, encode_images, encode_prompts
+from viewdiff.sampling import ddim_scheduler, sample_views
 from viewdiff.tiny import sd21_base_scheduler_config
 
 CONFIG = ModelConfig(pose_lora_rank=4, projection_channels=8, voxel_grid_size=8, render_samples=8)

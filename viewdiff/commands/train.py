@@ -59,19 +59,13 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 
-from viewdiff.config import (
-    Config,
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    config_to_yaml,
-    prior_data,
-)
+from viewdiff.commands.options import add_config_arguments, config_from_args
+from viewdiff.config import Config, TrainConfig, config_to_yaml, prior_data
 from viewdiff.config import save_config as write_config
 from viewdiff.diffusion import noise_scheduler, resolve_prediction_type
 from viewdiff.model import MultiViewUNet
+from viewdiff.prior.camera_record import CameraRecord
 from viewdiff.training.base_pipeline import BasePipeline, freeze_encoders, load_base_pipeline
-from viewdiff.training.camera_record import CameraRecord
 from viewdiff.training.checkpoints import (
     DiskFullError,
     TrainingState,
@@ -86,12 +80,6 @@ from viewdiff.training.checkpoints import (
 from viewdiff.training.data_segments import SegmentedBatches, prior_seed
 from viewdiff.training.ema import EMA
 from viewdiff.training.export import export_model, recover_export
-from viewdiff.training.modes import (
-    COMPUTE_DTYPES,
-    build_training_model,
-    cast_frozen,
-    trainable_named_parameters,
-)
 from viewdiff.training.optim import build_optimizer, learning_rates, parameter_groups
 from viewdiff.training.preflight import InputError, check_inputs
 from viewdiff.training.run_lock import RunLock, is_main_rank
@@ -103,6 +91,12 @@ from viewdiff.training.tracking import (
     interval_scalars,
     summary_line,
     tensorboard_writer,
+)
+from viewdiff.training.training_model import (
+    COMPUTE_DTYPES,
+    build_training_model,
+    cast_frozen,
+    trainable_named_parameters,
 )
 from viewdiff.training.validation import run_validation
 

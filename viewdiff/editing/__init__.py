@@ -1,3 +1,4 @@
-"""Editing real views with the prior: edit-friendly DDPM inversion (``inversion``), its commands
-(``cli``: infer.py invert / edit) and the denoisers it runs (``denoisers``: the multi-view prior
-on N posed views, or any Stable Diffusion folder on single images)."""
+"""Editing real views with the prior: edit-friendly DDPM inversion (``inversion``) and the
+models it runs (``editing_model``: the multi-view prior on N posed views, or any Stable Diffusion
+folder on single images). Its commands are ``infer.py invert`` / ``edit``
+(``viewdiff.commands.edit``); TrAME, editing 3D scenes, is ``viewdiff.trame``."""

@@ -16,7 +16,7 @@ and guidance it returns x0 to rounding. z_1 is kept: the official code zeroes it
 which makes its reconstruction inexact.
 
 Rows are latents (R, C, h, w) of B objects x N views (or single images); ``Denoiser`` is the
-model call, with its prompt, cameras and guidance bound (``viewdiff.editing.denoisers``). Rows
+model call, with its prompt, cameras and guidance bound (``viewdiff.editing.editing_model``). Rows
 marked ``known`` (views given clean, as in sampling) stay x0 at every k with z = 0.
 """
 

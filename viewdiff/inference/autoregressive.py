@@ -32,18 +32,11 @@ from tqdm.auto import tqdm
 
 from viewdiff.cameras import intensity_stats
 from viewdiff.config import SampleConfig
-from viewdiff.inference.load import MultiViewPrior
 from viewdiff.inference.trajectory import LATENT_FACTOR, Trajectory, concat_trajectories
 from viewdiff.inference.windows import Window, plan_windows
-from viewdiff.sampling import (
-    ViewConditions,
-    decode_latents,
-    denoise_views,
-    encode_images,
-    encode_prompts,
-    inference_scheduler,
-    initial_noise,
-)
+from viewdiff.prior.call import ViewConditions, decode_latents, encode_images, encode_prompts
+from viewdiff.prior.load import MultiViewPrior
+from viewdiff.sampling import denoise_views, inference_scheduler, initial_noise
 
 
 def check_sample_config(sample: SampleConfig) -> None:

@@ -22,8 +22,8 @@ from viewdiff.config import DataConfig, SampleConfig
 from viewdiff.data.stream import build_loader, shard_urls
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.evaluate import ObjectResult, view_metrics
-from viewdiff.inference.load import MultiViewPrior
 from viewdiff.inference.trajectory import Trajectory
+from viewdiff.prior.load import MultiViewPrior
 from viewdiff.visualize import image_grid, to_pil
 
 COMPARISONS_DIR = "compare"

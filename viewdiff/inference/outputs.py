@@ -22,8 +22,8 @@ import numpy as np
 from torch import Tensor
 
 from viewdiff.cameras_json import write_cameras
-from viewdiff.cli_args import check_output_folder
 from viewdiff.inference.trajectory import Trajectory
+from viewdiff.output_folders import check_output_folder
 from viewdiff.scene.turntable import mp4_available, write_gif, write_mp4
 from viewdiff.visualize import image_grid, to_pil
 

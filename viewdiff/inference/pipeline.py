@@ -9,7 +9,7 @@ It is a ``diffusers.DiffusionPipeline`` (``.to``, ``.device``, ``.dtype``, ``.co
 encoder and tokenizer, and ``scheduler``, the sampler, on the training noise schedule. Swap the
 sampler as in diffusers (``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``);
 it must be one of ``viewdiff.sampling.SCHEDULERS``. ``from_pretrained`` reads any inference
-export, a self-contained folder (``viewdiff.inference.self_contained``) included, through
+export, a self-contained folder (``viewdiff.prior.self_contained``) included, through
 ``load_export``: diffusers' generic loader cannot build the multi-view UNet, which is no
 ``ModelMixin``. Sampling is ``generate_views``, the loop of ``infer.py sample``, unchanged.
 """
@@ -32,9 +32,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from viewdiff.config import SampleConfig
 from viewdiff.inference.autoregressive import generate_views
-from viewdiff.inference.load import ExportInfo, MultiViewPrior, load_export
 from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
 from viewdiff.model import MultiViewUNet
+from viewdiff.prior.load import ExportInfo, MultiViewPrior, load_export
 from viewdiff.sampling import SCHEDULERS, inference_scheduler
 from viewdiff.visualize import to_pil
 
@@ -104,7 +104,7 @@ class MultiViewPipeline(DiffusionPipeline):
         """Refused: the folder to share is written by ``write_self_contained(export, out)``."""
         raise NotImplementedError(
             "MultiViewPipeline.save_pretrained: write a self-contained folder with "
-            "viewdiff.inference.self_contained.write_self_contained(export, out)"
+            "viewdiff.prior.self_contained.write_self_contained(export, out)"
         )
 
     def _sample_settings(

@@ -31,7 +31,7 @@ from torch import Tensor
 from viewdiff.model.lora import PoseLoRA, with_condition
 
 if TYPE_CHECKING:
-    from viewdiff.editing.attention_control import AttentionControl
+    from viewdiff.model.attention_control import AttentionControl
 
 AttentionBackend = Literal["sdpa", "xformers"]
 
@@ -60,7 +60,7 @@ class MultiViewCondition:
     unprojected: Tensor | None = None
     """(B*N,) bool: views lifted into the projection layers' grids (None: all)."""
     control: AttentionControl | None = None
-    """TrAME's attention control of this call (``viewdiff.editing.attention_control``)."""
+    """TrAME's attention control of this call (``viewdiff.trame.attention_control``)."""
     noise_generator: torch.Generator | None = None
     """Draws the projection layers' density noise in training mode (None: torch's global RNG)."""
 

@@ -39,7 +39,7 @@ from viewdiff.model.lora import PoseLoRA
 from viewdiff.model.projection import ProjectionLayer
 
 if TYPE_CHECKING:
-    from viewdiff.editing.attention_control import AttentionControl
+    from viewdiff.model.attention_control import AttentionControl
 
 BASE_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 VAE_SCALE_FACTOR = 8  # SD's VAE: images are 8x the latents

@@ -6,7 +6,7 @@ prior's training views, which surround the object). Object-centred training crop
 and field of view together, so that the object appears about equally large; when the export
 records that size (the view's half width at the box centre) the field of view is derived from
 it and the drawn radius instead of being drawn on its own. The ranges come from the export's
-``camera_distribution.json`` (``viewdiff.training.camera_record``), or from the ``sds.*`` keys
+``camera_distribution.json`` (``viewdiff.prior.camera_record``), or from the ``sds.*`` keys
 when set; an export without the file falls back to the reference's (radius 4, elevation 30-60
 degrees) and the export's sampling field of view, with a warning.
 """
@@ -24,8 +24,8 @@ from torch import Tensor
 
 from viewdiff.cameras import intrinsics_from_fov, orbit
 from viewdiff.config import SampleConfig
+from viewdiff.prior.camera_record import CAMERA_DISTRIBUTION_FILE
 from viewdiff.sds.config import SdsConfig
-from viewdiff.training.camera_record import CAMERA_DISTRIBUTION_FILE
 
 # The reference's cameras around an object (ViewDiff): radius 4, elevation 30-60 degrees.
 REFERENCE_RADIUS = (4.0, 4.0)
@@ -71,7 +71,7 @@ def camera_ranges(export: Path, sample: SampleConfig, config: SdsConfig) -> Came
             f"to the reference's radius {REFERENCE_RADIUS[0]}, elevation "
             f"{REFERENCE_ELEVATION_DEG[0]:g}-{REFERENCE_ELEVATION_DEG[1]:g} degrees and the "
             f"export's sample.fov_deg {sample.fov_deg:g}; write the file with `python -m "
-            "viewdiff.training.camera_record EXPORT --shards TRAINING_SHARDS`",
+            "viewdiff.prior.camera_record EXPORT --shards TRAINING_SHARDS`",
             stacklevel=2,
         )
         defaults = {

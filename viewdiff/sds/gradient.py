@@ -14,7 +14,7 @@ sqrt(abar) (1 - abar). The second mode is MVDream's x0 reconstruction (Shi et al
 Sec. 3.2): the loss pulls z to the guided x0 prediction, whose std is rescaled towards the
 conditional one's to tame saturation at high guidance.
 
-Guidance is ``uncond + w (cond - uncond)`` (``viewdiff.sampling.guided_prediction``):
+Guidance is ``uncond + w (cond - uncond)`` (``viewdiff.prior.call.guided_prediction``):
 threestudio's ``guidance_scale`` s is w = s + 1.
 """
 
@@ -26,7 +26,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
-from viewdiff.sampling import ViewConditions, prior_predictions
+from viewdiff.prior.call import ViewConditions, prior_predictions
 from viewdiff.sds.config import SdsConfig
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from viewdiff.sampling import ViewConditions, ddim_scheduler, decode_latents, denoise_views
+from viewdiff.prior.call import ViewConditions, decode_latents
+from viewdiff.sampling import ddim_scheduler, denoise_views
 from viewdiff.sds.loop import ScoreDistillation, StepReport
 from viewdiff.visualize import image_grid, to_pil
 

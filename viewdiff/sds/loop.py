@@ -31,8 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from viewdiff.cameras import pose_features
-from viewdiff.inference.load import MultiViewPrior
-from viewdiff.sampling import ViewConditions, decode_latents, encode_images, encode_prompts
+from viewdiff.prior.call import ViewConditions, decode_latents, encode_images, encode_prompts
+from viewdiff.prior.load import MultiViewPrior
 from viewdiff.scene.fit import FitConfig, GaussianFitter
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.losses import ssim

@@ -23,8 +23,8 @@ from viewdiff.config import SampleConfig
 from viewdiff.data.shards import ShardOptions, write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.inference.autoregressive import generate_views
-from viewdiff.inference.load import MultiViewPrior
 from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
+from viewdiff.prior.load import MultiViewPrior
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene
 from viewdiff.toy.classify import foreground

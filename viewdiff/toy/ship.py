@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from viewdiff.training.base_record import (
+from viewdiff.prior.base_record import (
     BASE_FROM_EXPORT_KEY,
     BASE_HASH_KEY,
     BASE_MODEL_FILE,

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from viewdiff.inference.evaluate import to_unit_range, view_psnr
-from viewdiff.sampling import decode_latents, encode_images
+from viewdiff.prior.call import decode_latents, encode_images
 from viewdiff.toy.images import ToyImages
 from viewdiff.toy.stage import Stage
 from viewdiff.visualize import image_grid, to_pil

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from viewdiff.diffusion import draw_prompt_dropout, drop_prompts
-from viewdiff.sampling import encode_images, encode_prompts
+from viewdiff.prior.call import encode_images, encode_prompts
 from viewdiff.training.base_pipeline import BasePipeline
 
 

@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from viewdiff.atomic_folder import sync_folder
 from viewdiff.config import Config, save_config
 from viewdiff.model.persistence import check_weights
 
@@ -149,21 +150,6 @@ def read_training_state(checkpoint: str | Path) -> TrainingState:
 def _write_json(path: Path, values: dict) -> None:
     """Write a JSON file."""
     path.write_text(json.dumps(values, indent=2) + "\n")
-
-
-def sync_folder(folder: Path) -> None:
-    """Flush a folder's files (recursively) and the folder to disk: a rename must publish data."""
-    for path in folder.iterdir():
-        if path.is_dir():
-            sync_folder(path)
-        elif path.is_file():
-            with path.open("rb") as stream:
-                os.fsync(stream.fileno())
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # The trained weights: only what trains (and the added layers' buffers), as safetensors.

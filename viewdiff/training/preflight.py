@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
-from viewdiff.cli_args import check_output_folder
 from viewdiff.config import (
     Config,
     ConfigError,
@@ -27,6 +26,7 @@ from viewdiff.config import (
     read_config_json,
 )
 from viewdiff.data.stream import shard_urls
+from viewdiff.output_folders import check_output_folder
 from viewdiff.training.checkpoints import (
     checkpoints_dir,
     complete_checkpoints,

@@ -1,0 +1,145 @@
+"""What the command lines share: numbers are checked by argparse itself (exit 2 with the
+flag's name, never read as "the default"): counts are whole numbers in a range, floats are
+finite and in their range; output folders are checked before any compute."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from viewdiff.config import Config, load_config
+from viewdiff.strict_config import ConfigError, describe_fields
+
+MAX_VIEWS = 1000
+"""More views than this in one command is a typo (0.36 degrees apart on an orbit)."""
+MAX_DENOISING_STEPS = 1000
+"""Stable Diffusion's training timesteps: a sampler cannot take more steps than that."""
+MAX_IMAGE_SIZE = 4096
+"""Pixels on a side; a generated image of 4096 px is a 512 x 512 latent, already past SD's."""
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, object counts, Gaussians)."""
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0 (worker counts, skipped steps)."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def int_in(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]; ``why`` says where ``high`` comes from."""
+
+    def parse(text: str) -> int:
+        value = _whole_number(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value > high:
+            reason = f" ({why})" if why else ""
+            raise argparse.ArgumentTypeError(f"must be at most {high}{reason}, got {value}")
+        return value
+
+    parse.__name__ = f"int in [{low}, {high}]"
+    return parse
+
+
+view_count = int_in(1, MAX_VIEWS, "more is a typo; split the trajectory into several runs")
+"""``--views``: 1 .. MAX_VIEWS."""
+denoising_steps = int_in(1, MAX_DENOISING_STEPS, "the timesteps Stable Diffusion was trained with")
+"""``--steps`` of a sampler: 1 .. MAX_DENOISING_STEPS."""
+pixel_size = int_in(1, MAX_IMAGE_SIZE)
+"""``--size`` / ``--image-size`` in pixels: 1 .. MAX_IMAGE_SIZE."""
+
+
+def finite_float(text: str) -> float:
+    """A finite float (angles, coordinates): NaN and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def float_in(
+    low: float, high: float = math.inf, *, open_low: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high] (or (low, high] with ``open_low``)."""
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < low or (open_low and value == low) or value > high:
+            left = "(" if open_low else "["
+            right = "]" if math.isfinite(high) else ")"
+            raise argparse.ArgumentTypeError(
+                f"must be in {left}{low:g}, {high:g}{right}, got {value:g}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_float = float_in(0.0, open_low=True)
+"""A finite float > 0 (radii, frame rates, learning-rate factors)."""
+nonnegative_float = float_in(0.0)
+"""A finite float >= 0 (guidance scales)."""
+unit_float = float_in(0.0, 1.0)
+"""A finite float in [0, 1] (colours)."""
+field_of_view = float_in(0.0, 179.0, open_low=True)
+"""Degrees of a pinhole's field of view: (0, 179]."""
+
+
+BASE_HELP = (
+    "the export's base pipeline (a diffusers SD folder), if it is neither beside the export "
+    "nor where training read it"
+)
+"""``--base DIR`` of every command that loads an export."""
+
+
+def existing_folder(text: str) -> Path:
+    """A path that is a folder (``--base DIR``)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Give an entry point ``--config``, ``--print-config`` and ``key.sub=value`` overrides."""
+    parser.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit (dry run)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override any config key (below)"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "config keys (set in a preset or as key.sub=value):\n" + "\n".join(
+        describe_fields(Config)
+    )
+
+
+def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
+    """The resolved config of parsed arguments; a bad preset or override exits with its error."""
+    try:
+        return load_config(args.config, args.overrides)
+    except ConfigError as error:
+        parser.error(str(error))

@@ -1,0 +1,140 @@
+"""The toy world's commands: ``python -m viewdiff.toy pretrain|ship|picture ...`` (``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from viewdiff.commands.options import int_in, positive_int
+from viewdiff.output_folders import check_output_folder
+from viewdiff.prior.base_record import BASE_MODEL_FILE
+from viewdiff.prior.load import load_export
+from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW
+from viewdiff.toy.pretrain import PretrainConfig, pretrain
+from viewdiff.toy.quality import prior_views, toy_orbit
+from viewdiff.toy.ship import ship_toy
+from viewdiff.toy.t2i_training import UNetTraining
+from viewdiff.toy.vae_training import VaeTraining
+from viewdiff.visualize import image_grid, to_pil
+
+PICTURE_PROMPTS = ["a red ball", "a blue box", "a green can", "an orange box", "a purple can"]
+
+
+def add_pretrain_command(commands: argparse._SubParsersAction) -> None:
+    """``pretrain``: the toy Stable Diffusion from scratch."""
+    parser = commands.add_parser("pretrain", help="pretrain the toy Stable Diffusion from scratch")
+    parser.add_argument("--shards", type=Path, required=True, help="toy training shard folder")
+    parser.add_argument("--heldout", type=Path, required=True, help="held-out toy shard folder")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if present)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=positive_int, default=VaeTraining.steps)
+    parser.add_argument("--vae-batch-size", type=positive_int, default=VaeTraining.batch_size)
+    parser.add_argument("--unet-steps", type=positive_int, default=UNetTraining.steps)
+    parser.add_argument("--unet-batch-size", type=positive_int, default=UNetTraining.batch_size)
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads (default: torch's own choice)",
+    )
+    parser.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain and print where the pipeline is."""
+    for name in ("shards", "heldout"):
+        if not (getattr(args, name) / "manifest.json").is_file():
+            raise ValueError(f"--{name} {getattr(args, name)}: no manifest.json (a shard folder?)")
+    check_output_folder(args.out)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = PretrainConfig(
+        seed=args.seed,
+        vae=VaeTraining(steps=args.vae_steps, batch_size=args.vae_batch_size),
+        unet=UNetTraining(steps=args.unet_steps, batch_size=args.unet_batch_size),
+    )
+    folder = pretrain(args.shards, args.heldout, args.out, config)
+    print(f"toy Stable Diffusion: {folder} (report {args.out / 'pretrain.json'})")
+    return 0
+
+
+def add_ship_command(commands: argparse._SubParsersAction) -> None:
+    """``ship``: the base and the multi-view export into the package's assets, in fp16."""
+    parser = commands.add_parser("ship", help="copy the toy base and prior into the package")
+    parser.add_argument("--base", type=Path, required=True, help="pretrained SD folder (DIR/sd)")
+    parser.add_argument("--export", type=Path, required=True, help="train.py's RUN/model export")
+    parser.add_argument("--out", type=Path, default=TOY_ASSETS, help="(viewdiff/assets/toy)")
+    parser.set_defaults(run=run_ship)
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    """Ship and print the size."""
+    check_output_folder(args.out)
+    report = args.base.parent / "pretrain.json"
+    provenance = {
+        "made_by": "make toy (see the README)",
+        "pretrain": json.loads(report.read_text()) if report.is_file() else None,
+        "multiview": json.loads((args.export / BASE_MODEL_FILE).read_text())
+        if (args.export / BASE_MODEL_FILE).is_file()
+        else None,
+    }
+    size = ship_toy(args.base, args.export, args.out, provenance)
+    print(f"shipped the toy world to {args.out} ({size:.1f} MB)")
+    return 0
+
+
+def add_picture_command(commands: argparse._SubParsersAction) -> None:
+    """``picture``: one grid of the prior's joint views, a row per prompt (the README's)."""
+    parser = commands.add_parser("picture", help="a grid of the toy prior's joint views")
+    parser.add_argument("--checkpoint", type=Path, default=TOY_MULTIVIEW, help="(the shipped)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--prompts", nargs="+", default=PICTURE_PROMPTS, help="one row each")
+    parser.add_argument(
+        "--views", type=int_in(1, 16), default=8, help="views on the default orbit (1 .. 16)"
+    )
+    parser.add_argument(
+        "--scale", type=int_in(1, 16), default=2, help="pixel repetition of the picture"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run_picture)
+
+
+def run_picture(args: argparse.Namespace) -> int:
+    """Generate and save the grid."""
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the PNG file to write")
+    prior = load_export(args.checkpoint)
+    settings = prior.info.config.sample
+    cameras = toy_orbit(settings, args.views, prior.info.config.data.image_size)
+    views = prior_views(prior, args.prompts, cameras, settings, args.seed)  # (P, V, 3, H, W)
+    grid = image_grid([to_pil(view * 2 - 1) for view in views.flatten(0, 1)], columns=args.views)
+    grid = grid.resize(
+        (grid.width * args.scale, grid.height * args.scale), Image.Resampling.NEAREST
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(args.out)
+    print(f"{len(args.prompts)} prompts x {args.views} joint views: {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse and run a command; input errors exit 2 with one line."""
+    parser = argparse.ArgumentParser(prog="python -m viewdiff.toy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_pretrain_command(commands)
+    add_ship_command(commands)
+    add_picture_command(commands)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
