@@ -3,6 +3,7 @@ schedules (the EMA: test_ema.py)."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,22 @@ def test_learning_rates_are_those_of_diffusers_get_scheduler_stepped_as_its_exam
 def test_piecewise_constant_rules():
     train = TrainConfig(lr_scheduler="piecewise_constant", lr_step_rules="1:2,0.1:4,0.01")
     assert [learning_rate_schedule(train)(s) for s in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+
+
+def _write_files(folder: Path, files: dict[str, str]) -> None:
+    """A folder holding ``files`` (name -> text)."""
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_remove_incomplete_puts_back_a_checkpoint_cut_between_its_renames(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    _write_files(checkpoints / "checkpoint-4.old", {STATE_FILE: "{}"})  # cut between renames
+    _write_files(checkpoints / "checkpoint-4.tmp", {STATE_FILE: "{}"})
+    _write_files(checkpoints / "checkpoint-2", {STATE_FILE: "{}"})
+    _write_files(checkpoints / "checkpoint-2.old", {STATE_FILE: "{}"})  # cut after the renames
+    removed = remove_incomplete(tmp_path)
+    assert sorted(path.name for path in removed) == ["checkpoint-2.old", "checkpoint-4.tmp"]
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [2, 4]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]

@@ -28,12 +28,12 @@ exactly as the base did.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import diffusers
 
+from viewdiff.atomic_folder import atomic_folder
 from viewdiff.prior.base_record import (
     BASE_FROM_EXPORT_KEY,
     BASE_HASH_KEY,
@@ -90,18 +90,17 @@ def write_self_contained(
         raise ValueError(f"{out}: already exists; a self-contained folder is written anew")
     parts = base_parts(info.unet_weights)
     source = _base_folder(info, parts)
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(info.path, staging, ignore=shutil.ignore_patterns(".*"))
-    for part in parts:
-        if not (staging / part).exists():  # an export that is self-contained already has them
-            shutil.copytree(source / part, staging / part, ignore=shutil.ignore_patterns(".*"))
-    (staging / PIPELINE_INDEX).write_text(json.dumps(pipeline_index(), indent=2) + "\n")
-    record = json.loads((info.path / BASE_MODEL_FILE).read_text())
-    record.pop(BASE_PATH_KEY, None)  # nothing outside the folder: no path of this machine
-    record[BASE_FROM_EXPORT_KEY] = "."
-    record[BASE_HASH_KEY] = {"sha256": base_fingerprint(staging, parts), "parts": list(parts)}
-    record["self_contained"] = True
-    (staging / BASE_MODEL_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(staging, out)
+    hidden = shutil.ignore_patterns(".*")
+    with atomic_folder(out) as staging:
+        shutil.copytree(info.path, staging, ignore=hidden, dirs_exist_ok=True)
+        for part in parts:
+            if not (staging / part).exists():  # a self-contained export already has them
+                shutil.copytree(source / part, staging / part, ignore=hidden)
+        (staging / PIPELINE_INDEX).write_text(json.dumps(pipeline_index(), indent=2) + "\n")
+        record = json.loads((info.path / BASE_MODEL_FILE).read_text())
+        record.pop(BASE_PATH_KEY, None)  # nothing outside the folder: no path of this machine
+        record[BASE_FROM_EXPORT_KEY] = "."
+        record[BASE_HASH_KEY] = {"sha256": base_fingerprint(staging, parts), "parts": list(parts)}
+        record["self_contained"] = True
+        (staging / BASE_MODEL_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from viewdiff.atomic_folder import atomic_folder
 from viewdiff.tiny import random_components, save_pipeline
 from viewdiff.toy.classify import fit_shape_classifier
 from viewdiff.toy.images import read_shard_images
@@ -53,29 +52,27 @@ def pretrain(shards: Path, heldout: Path, out: Path, config: PretrainConfig) -> 
     train_images = read_shard_images(shards)
     heldout_images = read_shard_images(heldout)
     # Random toy-size parts; the tokenizer is generated, and written where the folder will be.
-    staging = out / f"{SD_FOLDER}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    components, _ = random_components("toy", config.seed, staging / "tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(staging / "tokenizer")
-    vae = components["vae"]
-    # Stage 1: the VAE, then SD's latent scaling (1 / std of the training latents).
-    vae_scores = run_stage(
-        vae_stage(vae, train_images, heldout_images, config.vae, config.seed), out
-    )
-    vae.eval().requires_grad_(False)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, train_images))
-    # Stage 2: UNet + text encoder, scored by a shape classifier fitted on the real renders.
-    classifier = fit_shape_classifier(train_images.floats() * 0.5 + 0.5, train_images.categories)
-    stage = t2i_stage(
-        components["unet"], components["text_encoder"], tokenizer, vae, train_images,
-        dict(components["scheduler"].config), classifier, config.unet, config.seed,
-    )  # fmt: skip
-    unet_scores = run_stage(stage, out)
-    # The Stable Diffusion folder, swapped in complete.
-    save_pipeline(staging, components)
     final = out / SD_FOLDER
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
+    with atomic_folder(final) as staging:  # out/sd.tmp/, swapped in complete at the end
+        components, _ = random_components("toy", config.seed, staging / "tokenizer")
+        tokenizer = CLIPTokenizer.from_pretrained(staging / "tokenizer")
+        vae = components["vae"]
+        # Stage 1: the VAE, then SD's latent scaling (1 / std of the training latents).
+        vae_scores = run_stage(
+            vae_stage(vae, train_images, heldout_images, config.vae, config.seed), out
+        )
+        vae.eval().requires_grad_(False)
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, train_images))
+        # Stage 2: UNet + text encoder, scored by a shape classifier fitted on the real renders.
+        classifier = fit_shape_classifier(
+            train_images.floats() * 0.5 + 0.5, train_images.categories
+        )
+        stage = t2i_stage(
+            components["unet"], components["text_encoder"], tokenizer, vae, train_images,
+            dict(components["scheduler"].config), classifier, config.unet, config.seed,
+        )  # fmt: skip
+        unet_scores = run_stage(stage, out)
+        save_pipeline(staging, components)  # the Stable Diffusion folder
     report = {
         "config": dataclasses.asdict(config),
         "shards": str(shards),

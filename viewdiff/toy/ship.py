@@ -14,7 +14,6 @@ transformers would otherwise load it in fp16. Only safetensors and JSON are writ
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from viewdiff.atomic_folder import atomic_folder
 from viewdiff.prior.base_record import (
     BASE_FROM_EXPORT_KEY,
     BASE_HASH_KEY,
@@ -71,30 +71,25 @@ def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
         raise ValueError(
             f"--base {base}: not the base the export was trained from ({BASE_MODEL_FILE})"
         )
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(base, staging / SD)
-    shutil.copytree(export, staging / MULTIVIEW)
-    for folder, files in HALF_PRECISION.items():
-        for name in files:
-            if (staging / folder / name).is_file():
-                to_half(staging / folder / name)
-    base_file = staging / MULTIVIEW / BASE_MODEL_FILE
-    base_model = json.loads(base_file.read_text())
-    base_model[BASE_FROM_EXPORT_KEY] = f"../{SD}"
-    base_model.pop(BASE_PATH_KEY, None)
-    if isinstance(base_model.get(BASE_HASH_KEY), dict):  # the fp16 copy is another file
-        parts = base_model[BASE_HASH_KEY]["parts"]
-        base_model[BASE_HASH_KEY]["sha256"] = base_fingerprint(staging / SD, parts)
-    base_file.write_text(json.dumps(base_model, indent=2) + "\n")
-    (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    size = folder_megabytes(staging)
-    if size > BUDGET_MB:
-        shutil.rmtree(staging)
-        raise ValueError(f"the toy world takes {size:.1f} MB, over its {BUDGET_MB:.0f} MB budget")
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(out) as staging:  # over budget: the error leaves ``out`` as it was
+        shutil.copytree(base, staging / SD)
+        shutil.copytree(export, staging / MULTIVIEW)
+        for folder, files in HALF_PRECISION.items():
+            for name in files:
+                if (staging / folder / name).is_file():
+                    to_half(staging / folder / name)
+        base_file = staging / MULTIVIEW / BASE_MODEL_FILE
+        base_model = json.loads(base_file.read_text())
+        base_model[BASE_FROM_EXPORT_KEY] = f"../{SD}"
+        base_model.pop(BASE_PATH_KEY, None)
+        if isinstance(base_model.get(BASE_HASH_KEY), dict):  # the fp16 copy is another file
+            parts = base_model[BASE_HASH_KEY]["parts"]
+            base_model[BASE_HASH_KEY]["sha256"] = base_fingerprint(staging / SD, parts)
+        base_file.write_text(json.dumps(base_model, indent=2) + "\n")
+        (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        size = folder_megabytes(staging)
+        if size > BUDGET_MB:
+            raise ValueError(
+                f"the toy world takes {size:.1f} MB, over its {BUDGET_MB:.0f} MB budget"
+            )
     return size

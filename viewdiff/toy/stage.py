@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from viewdiff.atomic_folder import atomic_folder, recover_folder
 
 CHECKPOINT = "checkpoint"
 
@@ -70,30 +70,21 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def save_stage(folder: Path, stage: Stage, optimizer: torch.optim.Optimizer, step: int) -> None:
     """Write the stage's checkpoint atomically: weights, optimizer state, step."""
-    final, tmp = folder / CHECKPOINT, folder / f"{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {
         f"{name}.{key}": value.detach().contiguous()
         for name, module in stage.modules.items()
         for key, value in module.state_dict().items()
     }
-    save_file(weights, tmp / "weights.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "seed": stage.seed}) + "\n")
-    old = folder / f"{CHECKPOINT}.old"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder / CHECKPOINT) as staging:
+        save_file(weights, staging / "weights.safetensors")
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"step": step, "seed": stage.seed}) + "\n")
 
 
 def load_stage(folder: Path, stage: Stage, optimizer: torch.optim.Optimizer) -> int:
     """Restore the stage's checkpoint if there is one; the step to continue from (0: fresh)."""
-    old = folder / f"{CHECKPOINT}.old"
-    if old.is_dir() and not (folder / CHECKPOINT).exists():  # a crash between the two renames
-        os.replace(old, folder / CHECKPOINT)
     path = folder / CHECKPOINT
+    recover_folder(path)  # a crash between the two renames of a save left checkpoint.old/
     if not (path / "state.json").is_file():
         return 0
     state = json.loads((path / "state.json").read_text())

@@ -11,11 +11,14 @@ A checkpoint holds
     config.json            the resolved config of the run that wrote it
     training_state.json    step, data-segment length and counters; written last
 
-Atomic: every rank writes into ``checkpoint-<step>.tmp/``; after a barrier the main rank renames
-it to ``checkpoint-<step>/`` (a rename inside one folder is atomic on POSIX filesystems; with
-several nodes, ``output_dir`` must be on a shared filesystem). A crash while writing leaves only
-the ``.tmp`` folder, which never counts as a checkpoint and is removed at the next start. A
-checkpoint is complete when it is named ``checkpoint-<step>`` and holds training_state.json.
+Atomic: every rank writes into ``checkpoint-<step>.tmp/``; after a barrier the main rank swaps
+it in as ``checkpoint-<step>/`` (``viewdiff.atomic_folder.swap_in``: fsync, renames inside one
+folder, atomic on POSIX filesystems; with several nodes, ``output_dir`` must be on a shared
+filesystem). A crash while writing leaves only the ``.tmp`` folder, which never counts as a
+checkpoint and is removed at the next start; a crash while replacing a checkpoint of the same
+step (a run resumed from an earlier one) leaves ``checkpoint-<step>.old/``, put back then if the
+new one is not in place. A checkpoint is complete when it is named ``checkpoint-<step>`` and
+holds training_state.json.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -33,13 +35,19 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from viewdiff.atomic_folder import sync_folder
+from viewdiff.atomic_folder import (
+    OLD_SUFFIX,
+    STAGING_SUFFIX,
+    recover_folder,
+    staging_path,
+    swap_in,
+)
 from viewdiff.config import Config, save_config
 from viewdiff.model.persistence import check_weights
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = STAGING_SUFFIX
 STATE_FILE = "training_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -116,7 +124,8 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
 
 
 def remove_incomplete(output_dir: str | Path) -> list[Path]:
-    """Delete what interrupted saves left behind (``.tmp`` folders, folders without a state)."""
+    """Delete what interrupted saves left behind (``.tmp`` folders, folders without a state) and
+    put back a checkpoint whose replacement was cut between its renames (``.old``)."""
     folder = checkpoints_dir(output_dir)
     if not folder.is_dir():
         return []
@@ -127,6 +136,11 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
         if path.is_dir() and (interrupted or stateless):
             shutil.rmtree(path)
             removed.append(path)
+    for old in sorted(folder.glob(f"{PREFIX}*{OLD_SUFFIX}")):
+        final = old.with_name(old.name.removesuffix(OLD_SUFFIX))
+        if final.exists():  # the new one is in place: the old one is superseded
+            removed.append(old)
+        recover_folder(final)
     return removed
 
 
@@ -242,7 +256,7 @@ def save_checkpoint(
     A full disk (found before writing, or while writing) raises a DiskFullError naming the
     space and the last complete checkpoint; the partial folder is removed."""
     final = checkpoint_path(config.train.output_dir, state.step)
-    tmp = final.with_name(final.name + TMP_SUFFIX)
+    tmp = staging_path(final)  # checkpoint-<step>.tmp/
     if accelerator.is_main_process:
         check_free_space(config.train.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -267,12 +281,9 @@ def save_checkpoint(
             save_file(ema_state, tmp / EMA_FILE)
         save_config(config, tmp / "config.json")
         _write_json(tmp / STATE_FILE, {"format": STATE_FORMAT, **dataclasses.asdict(state)})
-        sync_folder(tmp)
-        if final.exists():  # left by a run resumed from an earlier checkpoint: superseded
-            stale = final.with_name(final.name + ".stale" + TMP_SUFFIX)
-            os.replace(final, stale)
-            shutil.rmtree(stale)
-        os.replace(tmp, final)
+        # A checkpoint-<step>/ already there was left by a run resumed from an earlier
+        # checkpoint: superseded, it is replaced.
+        swap_in(tmp, final)
         prune_checkpoints(config.train.output_dir, config.train.checkpoints_keep)
     accelerator.wait_for_everyone()
     return final
