@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from viewdiff.cameras import pose_features
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.editing.editing_model import load_editing_model
 from viewdiff.inference.trajectory import orbit_trajectory
 from viewdiff.prior.call import ViewConditions, encode_prompts, prior_predictions
@@ -150,7 +150,7 @@ def test_bad_scene_inputs(editing):
 
 
 def test_held_out_views_are_never_trained_on(editing, monkeypatch):
-    from viewdiff.editing import trame
+    from viewdiff.trame import editor as trame
 
     seen = []
     original = trame.render
@@ -212,11 +212,11 @@ def test_edit_scene_command(tiny_export, tmp_path, capsys):
 
 def test_ddpm_sampler_identity_edit_retraces_the_source(editing):
     editor = _editor(editing, sampler="ddpm", start=0, updates=((0, 0),))
-    assert torch.equal(editor.x_tgt, editor.source_xs[0])
+    assert torch.equal(editor.sampler.x_tgt, editor.sampler.source_xs[0])
     while not editor.done:
         editor.step()
     # Equal prompts and guidance: the stored noise maps give the renders' latents back.
-    assert (editor.x_tgt - editor.src0).abs().max() <= 1e-5
+    assert (editor.sampler.x_tgt - editor.src0).abs().max() <= 1e-5
     assert torch.allclose(editor.tgt0, editor.src0, atol=1e-4)
 
 
@@ -232,20 +232,22 @@ def test_ddpm_sampler_edits_and_resumes(editing, tmp_path):
     resumed.load(tmp_path / "checkpoint")
     while not resumed.done:
         resumed.step()
-    assert torch.equal(whole.x_tgt, resumed.x_tgt) and torch.equal(whole.tgt0, resumed.tgt0)
+    assert torch.equal(whole.sampler.x_tgt, resumed.sampler.x_tgt)
+    assert torch.equal(whole.tgt0, resumed.tgt0)
 
 
 def test_attention_region_is_lifted_from_the_changed_words(editing):
-    from viewdiff.trame.region import lift_region, normalise_maps, project_points
+    from viewdiff.trame.region import attention_maps, lift_region, normalise_maps, project_points
 
     editor = _editor(editing, target="a blue ball")
-    maps = editor.attention_maps()
+    maps = attention_maps(editor.prior, editor.src0)
     assert maps.shape == (4, 64, 64) and maps.amin() == 0 and maps.amax() == 1
     # Different words give different evidence; identical prompts give none.
-    other = editor.attention_maps(([3], [3]))
+    other = attention_maps(editor.prior, editor.src0, ([3], [3]))
     assert (other - maps).abs().max() > 1e-3
     with pytest.raises(ValueError, match="share every word"):
-        _editor(editing).attention_maps()
+        same = _editor(editing)
+        attention_maps(same.prior, same.src0)
     # Voting: maps that are the renders of a known part of the scene give that part back.
     means = editor.original.means
     part = means[:, 0] > 0.2
@@ -261,6 +263,6 @@ def test_attention_region_is_lifted_from_the_changed_words(editing):
 
 
 def edit_masks_all(editor, selected=None):
-    from viewdiff.trame.editor import edit_masks
+    from viewdiff.trame.region import edit_masks
 
     return edit_masks(editor.original, editor.cameras, selected)

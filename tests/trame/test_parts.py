@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from viewdiff.cameras import orbit
+from viewdiff.cameras.orbits import orbit
 from viewdiff.trame.attention_control import changed_words, token_alignment
 from viewdiff.trame.ddcm import anchor, clean_estimate, ddcm_target, noisy_pair
 from viewdiff.trame.plan import (

@@ -22,11 +22,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from viewdiff.commands.options import (
-    BASE_HELP,
     MAX_DENOISING_STEPS,
     MAX_VIEWS,
+    add_base_argument,
+    add_checkpoint_argument,
+    add_device_argument,
+    add_out_argument,
+    add_seed_argument,
     denoising_steps,
-    existing_folder,
     finite_float,
     int_in,
     nonnegative_float,
@@ -37,6 +40,7 @@ from viewdiff.editing.editing_model import check_editing_model, load_editing_mod
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.trajectory import orbit_trajectory, read_trajectory
 from viewdiff.prior.load import chosen_device, read_export
+from viewdiff.scene.checkpoint import CHECKPOINT
 from viewdiff.scene.gaussians import read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.turntable import mp4_available, render_turntable, write_gif, write_mp4
 from viewdiff.trame.attention_control import word_positions
@@ -44,10 +48,8 @@ from viewdiff.trame.clip_similarity import ClipDirection
 from viewdiff.trame.config import TrameConfig
 from viewdiff.trame.editor import TrameEditor
 from viewdiff.trame.metrics import edit_metrics
-from viewdiff.trame.region import lift_region
+from viewdiff.trame.region import attention_maps, lift_region
 from viewdiff.visualize import image_grid, to_pil
-
-CHECKPOINT = "checkpoint"
 
 
 def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
@@ -58,8 +60,8 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="inference export")
-    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
+    add_checkpoint_argument(parser)
+    add_base_argument(parser)
     parser.add_argument("--scene", type=Path, required=True, help="3DGS PLY to edit")
     parser.add_argument("--cameras", type=Path, help="cameras.json of the edit views (ordered)")
     parser.add_argument(
@@ -67,7 +69,7 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--source-prompt", required=True, help="what the scene shows")
     parser.add_argument("--prompt", required=True, help="what it should show")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out_argument(parser)
     parser.add_argument(
         "--region",
         type=finite_float,
@@ -98,8 +100,8 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-tas", action="store_true", help="ablation: 2D edit, then 3D fit")
     parser.add_argument("--no-vcac", action="store_true", help="ablation: no attention control")
     parser.add_argument("--clip", type=Path, help="a CLIP folder: adds CLIP directional similarity")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_seed_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.set_defaults(run=run_edit_scene)
 
@@ -162,7 +164,7 @@ def run_edit_scene(args: argparse.Namespace) -> None:
                      word_positions(tokenizer, args.prompt, args.words))  # fmt: skip
             if not words[0] and not words[1]:
                 raise ValueError(f"--words {' '.join(args.words)}: in neither prompt")
-        maps = editor.attention_maps(words)
+        maps = attention_maps(editor.prior, editor.src0, words)
         traced = lift_region(maps, editor.original.means, cameras)
         if selected is not None:
             traced &= selected.to(traced.device)
@@ -220,7 +222,7 @@ def write_progress(path: Path, editor: TrameEditor) -> None:
     """The pseudo ground truth over the scene's renders, every edit view."""
     path.parent.mkdir(parents=True, exist_ok=True)
     renders = editor.render_all(editor.scene())
-    images = torch.cat([editor.pseudo, renders]) * 2 - 1
+    images = torch.cat([editor.pseudo_ground_truth(), renders]) * 2 - 1
     image_grid([to_pil(x) for x in images], len(renders)).save(path)
 
 

@@ -131,6 +131,8 @@ class AttentionControl:
     def cross_probabilities(self, probs: Tensor) -> Tensor:
         """Cross-attention probabilities (rows, heads, L, 77) with the target rows' shared tokens
         taken from the source rows (aligned by ``source_index``)."""
+        if self.shared_tokens is None or self.source_index is None:
+            raise ValueError("replace_cross needs shared_tokens and source_index")
         source, target = self.branch_rows(probs.shape[0])
         device = probs.device
         shared = self.shared_tokens.to(device)
@@ -173,7 +175,7 @@ def changed_words(tokenizer: CLIPTokenizer, source: str, target: str) -> list[in
 def word_positions(tokenizer: CLIPTokenizer, prompt: str, words: list[str]) -> list[int]:
     """Token positions of ``words`` in ``prompt`` (each word's tokens, wherever they occur)."""
     ids = tokenizer(prompt).input_ids
-    positions = []
+    positions: list[int] = []
     for word in words:
         pieces = tokenizer(word).input_ids[1:-1]  # without the start and end tokens
         for start in range(1, len(ids) - len(pieces)):

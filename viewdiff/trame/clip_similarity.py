@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,6 @@ class ClipDirection:
         return float(F.cosine_similarity(image_change, text_change, dim=-1).mean())
 
 
-def _projected(output: Tensor | object) -> Tensor:
+def _projected(output: Any) -> Tensor:
     """The projected embeddings: transformers < 5 returns them, 5 a pooled output holding them."""
     return output if isinstance(output, Tensor) else output.pooler_output

@@ -96,6 +96,10 @@ class TrameConfig:
         """How far step k is into the trajectory, in [0, 1)."""
         return (k - self.start) / (self.steps - self.start)
 
+    def blending(self, k: int) -> bool:
+        """Whether step k blends the edit with the source outside the edit mask."""
+        return self.vcac and self.fraction(k) >= self.blend_from
+
     def total_updates(self, views: int) -> int:
         """3D updates of the whole trajectory for ``views`` trained views (the budget the
         no-TAS ablation gets too)."""

@@ -45,7 +45,7 @@ def edit_metrics(
     renders (V, 3, H, W)."""
     edited = editor.scene()
     at_views = editor.render_all(edited)
-    pseudo = editor.pseudo
+    pseudo = editor.pseudo_ground_truth()
     trained, held_out = editor.trained_views, list(editor.config.held_out)
     before, alpha = render_orbit(editor.original, orbit, editor.background)
     after, _ = render_orbit(edited, orbit, editor.background)

@@ -47,6 +47,10 @@ class ViewPlan:
     keyframes: list[int]
     contexts: list[list[int]]  # [keyframe, view, view, ...]
 
+    def batches(self) -> list[tuple[list[int], list[int]]]:
+        """(views in the batch, views that take its result): the keyframes, then each context."""
+        return [(self.keyframes, self.keyframes)] + [(c, c[1:]) for c in self.contexts]
+
 
 def angle_between_deg(c2w_a: Tensor, c2w_b: Tensor) -> float:
     """The angle (degrees) between two cameras' viewing directions."""
@@ -65,10 +69,11 @@ def plan_views(w2c: Tensor, every: int, max_angle_deg: float = 25.0) -> ViewPlan
         raise ValueError("no views to plan")
     c2w = torch.linalg.inv(w2c.double())
     keyframes = list(range(0, views, every))
-    contexts, far = [], []
+    contexts: list[list[int]] = []
+    far: list[int] = []
     for key in keyframes:
         members = [v for v in range(key + 1, min(key + every, views))]
-        near = []
+        near: list[int] = []
         for v in members:
             (near if angle_between_deg(c2w[key], c2w[v]) <= max_angle_deg else far).append(v)
         if near:
