@@ -36,7 +36,7 @@ from random_prior import random_export  # noqa: E402
 from viewdiff.commands.options import positive_int
 from viewdiff.prior.load import load_export  # noqa: E402
 from viewdiff.sds.cameras import CameraRanges  # noqa: E402
-from viewdiff.sds.config import SdsConfig  # noqa: E402
+from viewdiff.sds.config import SDS_FIT, SdsConfig  # noqa: E402
 from viewdiff.sds.loop import PhaseTimer, ScoreDistillation, initial_scene  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {device} needs CUDA, which is not available here")
     dtype = args.dtype or ("bf16" if args.full else "fp32")
     config = SdsConfig(steps=10_000, views=args.views, num_gaussians=args.gaussians,
-                       guidance_scale=100.0, densify_until=0)  # fmt: skip
+                       guidance_scale=100.0,
+                       fit=dataclasses.replace(SDS_FIT, densify_until=0))  # fmt: skip
     rows, records = [], JsonRecords(args.json)
     with tempfile.TemporaryDirectory() as work:
         if args.full:

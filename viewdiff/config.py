@@ -5,8 +5,12 @@ a YAML preset (``--config configs/x.yaml``) that may only set known keys, and ``
 overrides from the command line. The resolved config is written as JSON into every run folder
 and every export, and loads back to an equal object.
 
-The string under each field is its documentation: ``--help`` prints it. How presets and
-overrides are checked lives in ``viewdiff.strict_config``.
+The string under each field is its documentation: ``--help`` prints it. Every section checks its
+own values in one place, its ``check()`` method (``Config.check`` runs them all, and the checks
+between sections): loading a preset, an override, a saved JSON or a command's flags ends there,
+so a bad value fails the same way from each. How presets and overrides are read and typed lives
+in ``viewdiff.strict_config``; the ``train:`` and ``sds:`` sections live in
+``viewdiff.training.config`` and ``viewdiff.sds.config``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
-from viewdiff.sds.config import SdsConfig
-from viewdiff.strict_config import ConfigError, apply_override, build, read_yaml
+from viewdiff.sds.config import SdsConfig, nest_flat_fit_keys
+from viewdiff.strict_config import ConfigError, apply_override, build, check_ranges, read_yaml
+from viewdiff.training.config import TrainConfig
 
 # The schema: every section and field, with its default and its documentation.
 
@@ -86,6 +91,27 @@ class ModelConfig:
     attention_backend: Literal["sdpa", "xformers"] = "sdpa"
     """Kernel of cross-frame attention: torch SDPA (everywhere) or xformers (CUDA only)."""
 
+    def check(self) -> None:
+        """Refuse settings of the UNet's additions that cannot build, naming the key."""
+        if self.pose_lora and self.pose_lora_rank < 1:
+            raise ConfigError(f"model.pose_lora_rank must be at least 1, got {self.pose_lora_rank}")
+        check_ranges(self, "model.", {"pose_timestep_dim": ">= 0", "base_lora_rank": "at least 1",
+                                      "density_noise": "finite and >= 0"})  # fmt: skip
+        if self.attention_backend not in ("sdpa", "xformers"):
+            raise ConfigError(f"model.attention_backend: unknown {self.attention_backend!r}")
+        if not self.projection_layers:
+            return
+        check_ranges(self, "model.", {"projection_channels": "at least 1",
+                                      "render_samples": "at least 1"})  # fmt: skip
+        if self.voxel_grid_size < 2 or self.voxel_grid_size % 2:
+            raise ConfigError(
+                f"model.voxel_grid_size must be even and >= 2, got {self.voxel_grid_size}"
+            )
+        if not 0 < self.disparity_at_infinity < 1:
+            raise ConfigError(
+                f"model.disparity_at_infinity must be in (0, 1), got {self.disparity_at_infinity}"
+            )
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -113,175 +139,14 @@ class DataConfig:
     shuffle_buffer: int = 500
     """Samples held in webdataset's shuffle buffer."""
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The optimisation, checkpoints and logging of ``train.py``."""
-
-    output_dir: str = "runs/co3d_sd21"
-    """Run folder: checkpoints/, model/ (the inference export), logs/ and config.json."""
-
-    seed: int = 0
-    """Seed of model initialisation, noise and data order."""
-
-    mode: Literal["full", "lora", "new_layers"] = "full"
-    """Full UNet fine-tune, peft LoRA on the base weights + new layers, or new layers only."""
-
-    max_steps: int = 60_000
-    """Optimiser steps to train for."""
-
-    batch_size: int = 4
-    """Objects per GPU per micro-batch (each with N views)."""
-
-    gradient_accumulation_steps: int = 8
-    """Micro-batches accumulated per optimiser step."""
-
-    learning_rate: float = 5e-5
-    """AdamW learning rate of the UNet and the new attention/LoRA weights."""
-
-    renderer_learning_rate: float = 1e-3
-    """AdamW learning rate of the projection layers' volume renderer."""
-
-    renderer_weight_decay: float = 0.0
-    """AdamW weight decay of the volume renderer."""
-
-    lr_scheduler: Literal[
-        "constant",
-        "constant_with_warmup",
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "piecewise_constant",
-    ] = "constant_with_warmup"
-    """Learning-rate schedule over train.max_steps, by diffusers.optimization.get_scheduler
-    (as diffusers' training examples; reference: constant)."""
-
-    lr_warmup_steps: int = 0
-    """Linear warm-up steps of the learning rate (diffusers' convention: step 0 runs at 0)."""
-
-    lr_num_cycles: int = 1
-    """Hard restarts of cosine_with_restarts."""
-
-    lr_power: float = 1.0
-    """Power of the polynomial decay."""
-
-    lr_step_rules: str = ""
-    """Rules of piecewise_constant, diffusers' format: "1:10,0.1:20,0.01" (factor:until_step)."""
-
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    """torch's AdamW, or bitsandbytes' AdamW8bit (optimiser state in 8 bits: a quarter of the
-    memory of AdamW's two float32 moments; needs `pip install bitsandbytes`)."""
-
-    adam_beta1: float = 0.9
-    """AdamW beta1."""
-
-    adam_beta2: float = 0.999
-    """AdamW beta2."""
-
-    adam_weight_decay: float = 1e-2
-    """AdamW decoupled weight decay."""
-
-    adam_epsilon: float = 1e-8
-    """AdamW epsilon."""
-
-    max_grad_norm: float = 5e-3
-    """Gradient clipping by global norm (the reference clips hard); 0 disables it, a negative
-    value is an error."""
-
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
-    """Mixed precision of the forward/backward pass; null: what `accelerate launch
-    --mixed_precision` or `accelerate config` says ("no" without them), as diffusers' examples.
-    A value here overrides accelerate's. The run's config.json records the one used (the
-    reference trains in fp32)."""
-
-    report_to: tuple[str, ...] = ("tensorboard",)
-    """Experiment trackers through accelerate: tensorboard, wandb, comet_ml, mlflow, aim,
-    clearml, dvclive, swanlab, trackio, or all (every installed one); () logs nothing."""
-
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory (the UNet's blocks and the
-    projection layers)."""
-
-    compile_projection_layers: bool = False
-    """torch.compile the projection layers (once per layer at the first step: half a minute to
-    minutes on a CPU). Inductor's fused CPU kernels are not bit-equal to eager: a tiny layer's
-    output moved by up to 3e-3 (on values ~1)."""
-
-    zero_terminal_snr: bool = True
-    """Rescale the noise schedule to zero terminal SNR (Lin et al. 2024), as the reference."""
-
-    prompt_dropout: float = 0.2
-    """Probability of an empty prompt, for classifier-free guidance (reference: 2 x 0.1)."""
-
-    prompt_dropout_per: Literal["view", "object"] = "view"
-    """What one prompt-dropout draw empties: one view's prompt (the reference: each view on its
-    own) or all views of an object together (as guidance drops the prompt at sampling). Configs
-    saved before this key load with "object", what their models were trained with."""
-
-    image_condition_prob: float = 0.25
-    """Probability that each of the first ``image_condition_views`` views is given clean (t=0)."""
-
-    image_condition_views: int = 2
-    """How many of the first views may be given clean as image conditions."""
-
-    novel_views: int = 1
-    """The last this many views of every object are not lifted into the projection layers'
-    grids, only rendered there: supervised as novel views (reference: n_novel_images=1 in
-    training; validation and inference lift every view)."""
-
-    prior_shards: str = "data/shards/co3d_prior"
-    """Shards of the prior preservation set (DreamBooth, as the reference): the base model's own
-    images of the training captions, one view each (data/make_prior_set.py). Every micro-batch
-    adds train.batch_size of them at N=1; empty: no prior preservation (configs saved before
-    this key load with that, as their models were trained)."""
-
-    prior_weight: float = 0.1
-    """Weight of the prior batch's diffusion loss (the reference's
-    dreambooth_prior_preservation_loss_weight)."""
-
-    checkpoint_every: int = 500
-    """Steps between training checkpoints (checkpoints/checkpoint-<step>/)."""
-
-    checkpoints_keep: int = 2
-    """Training checkpoints kept; older ones are deleted."""
-
-    resume: str | None = "latest"
-    """Resume from 'latest', from a checkpoint folder, or start fresh with null."""
-
-    allow_world_size_change: bool = False
-    """Resume a checkpoint written by another number of ranks (the data order then differs
-    from an uninterrupted run); without it such a resume is an error."""
-
-    log_every: int = 50
-    """Steps between logged scalars and summary lines."""
-
-    validate_every: int = 500
-    """Steps between validation image grids (0: never)."""
-
-    validation_prompts: tuple[str, ...] = ("a teddy bear", "a red hydrant")
-    """Prompts of the validation grids: one object of N orbit views each."""
-
-    validation_inference_steps: int = 25
-    """Denoising steps of the validation images (DDIM)."""
-
-    validation_guidance_scale: float = 7.5
-    """Classifier-free guidance scale of the validation images (text dropped, cameras kept)."""
-
-    export_every: int = 5000
-    """Steps between inference exports (model/); one is always written at the end (0: only then)."""
-
-    prediction_type: Literal["base", "epsilon", "v_prediction"] = "base"
-    """Training target: the base scheduler's prediction type (the reference), or epsilon / v."""
-
-    nan_policy: Literal["stop", "skip"] = "stop"
-    """On a NaN/inf loss: stop (exit 1, last checkpoint intact) or skip the step and count it."""
-
-    use_ema: bool = False
-    """Keep an exponential moving average of the trained weights (saved, used for the export)."""
-
-    ema_decay: float = 0.9999
-    """EMA decay, capped early in training at (1 + step) / (10 + step) as diffusers' EMAModel."""
+    def check(self) -> None:
+        """Refuse batch shapes that cannot be drawn, naming the key."""
+        check_ranges(self, "data.", {"n_views": "at least 1", "num_workers": ">= 0",
+                                     "shuffle_buffer": ">= 0"})  # fmt: skip
+        if self.image_size < 8 or self.image_size % 8:
+            raise ConfigError(
+                f"data.image_size must be a positive multiple of 8 (the VAE), got {self.image_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -321,6 +186,17 @@ class SampleConfig:
     seed: int = 0
     """Seed of the initial noise; the i-th prompt of a run uses seed + i."""
 
+    def check(self) -> None:
+        """Refuse sampler settings that cannot run, naming the key."""
+        check_ranges(self, "sample.", {
+            "num_inference_steps": "at least 1", "window_views": "at least 1",
+            "max_conditions": ">= 0",
+            # NaN guidance would render black views.
+            "guidance_scale": "finite and >= 0", "image_guidance_scale": "finite and >= 0",
+            "radius": "finite and positive", "fov_deg": "finite and positive",
+            "elevation_deg": "finite",
+        })  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Config:
@@ -341,6 +217,25 @@ class Config:
     sds: SdsConfig = field(default_factory=SdsConfig)
     """Score distillation of a 3D scene with the trained prior (infer.py sds)."""
 
+    def check(self) -> None:
+        """Every section's check, then the checks between sections."""
+        for section in (self.model, self.data, self.train, self.sample, self.sds):
+            section.check()
+        novel, n_views = self.train.novel_views, self.data.n_views
+        if not 0 <= novel < n_views:
+            raise ConfigError(
+                f"train.novel_views must be in [0, data.n_views={n_views}): at least one view "
+                f"must be lifted into the grid, got {novel}"
+            )
+
+
+def check_config(config: Config, source: str) -> None:
+    """``Config.check``, its error naming ``source`` (the file, "overrides", "flags")."""
+    try:
+        config.check()
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
 
 def prior_data(config: Config) -> DataConfig:
     """The data section of the prior preservation batches: ``train.prior_shards`` at N=1, the
@@ -354,8 +249,10 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "<dict>") -> Config:
-    """Config from a (partial) nested mapping, checked against the schema."""
-    return build(Config, values, source)
+    """Config from a (partial) nested mapping, checked against the schema and its ranges."""
+    config = build(Config, values, source)
+    check_config(config, source)
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -383,12 +280,15 @@ those models were built with, not today's default (so an old export loads as it 
 
 
 def with_legacy_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config's sections with ``LEGACY_DEFAULTS`` filled in where the keys are absent."""
+    """A saved config's sections with ``LEGACY_DEFAULTS`` filled in where the keys are absent,
+    and the keys moved since into their place (``sds.feature_lr`` is now ``sds.fit.feature_lr``)."""
     filled = {name: dict(section) if isinstance(section, Mapping) else section
               for name, section in values.items()}  # fmt: skip
     for (section, key), value in LEGACY_DEFAULTS.items():
         if isinstance(filled.get(section), dict):
             filled[section].setdefault(key, value)
+    if isinstance(filled.get("sds"), dict):
+        filled["sds"] = nest_flat_fit_keys(filled["sds"])
     return filled
 
 

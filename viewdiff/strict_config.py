@@ -2,8 +2,10 @@
 
 The mechanism behind ``viewdiff.config`` (which holds the schema): a nested frozen dataclass tree
 is filled from a (partial) mapping, every key and value checked against the field types
-(bool, int, float, str, Literal, X | None, tuple[X, ...], nested sections), with errors that
-name the key and where it came from (the file, or the override).
+(bool, int, float, str, Literal, X | None, tuple[X, ...], tuple[X, X, X], nested sections), with
+errors that name the key and where it came from (the file, or the override). A partial nested
+section fills in from its parent's default (``sds.fit`` from ``SdsConfig().fit``), not from its
+class's. ``check_ranges`` is what the sections' own ``check()`` methods share.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ _StrictLoader.add_implicit_resolver(
 def field_docs(cls: type) -> dict[str, str]:
     """The documentation string written under each field of a dataclass."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    class_def = tree.body[0]
+    assert isinstance(class_def, ast.ClassDef)  # the source of a class is its class statement
+    body = class_def.body
     docs = {}
     for node, after in zip(body, body[1:], strict=False):
         if (
@@ -76,18 +80,22 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin is tuple:
+    if origin is tuple and ... in get_args(tp):
         return f"tuple[{_type_name(get_args(tp)[0])}, ...]"
+    if origin is tuple:
+        return f"tuple[{', '.join(_type_name(a) for a in get_args(tp))}]"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the field type ``tp``; return it as the dataclass stores it."""
+def _check_value(value: Any, tp: Any, key: str, source: str, default: Any = None) -> Any:
+    """Check ``value`` against the field type ``tp``; return it as the dataclass stores it (a
+    nested section filled in from ``default``, the field's default)."""
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    # A field type, never an instance: isinstance narrows is_dataclass to the class.
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: {key} is a section; expected a mapping, got {value!r}")
-        return build(tp, value, source, prefix=f"{key}.")
+        return build(tp, value, source, prefix=f"{key}.", base=default)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(tp):
             return None
@@ -97,7 +105,8 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
         if value in get_args(tp):
             return value
     elif origin is tuple:
-        if isinstance(value, list | tuple):
+        fixed = ... not in get_args(tp)  # tuple[float, float, float]: exactly that many
+        if isinstance(value, list | tuple) and (not fixed or len(value) == len(get_args(tp))):
             item_type = get_args(tp)[0]
             return tuple(
                 _check_value(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)
@@ -116,9 +125,15 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
 
 
 def _unknown_key(cls: type, name: str, prefix: str, source: str) -> ConfigError:
-    """Error for a key that is not a field of ``cls``, with the closest known keys."""
+    """Error for a key that is not a field of ``cls``, with the closest known keys (a key of a
+    nested section first: ``sds.feature_lr`` is ``sds.fit.feature_lr``)."""
     names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = [
+        f"{section}.{name}"
+        for section, tp in get_type_hints(cls).items()
+        if dataclasses.is_dataclass(tp) and name in {f.name for f in dataclasses.fields(tp)}
+    ]
+    close += difflib.get_close_matches(name, names, n=3 - len(close), cutoff=0.6)
     close += [n for n in names if name.lower() in n and n not in close][: 3 - len(close)]
     if close:
         hint = "did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
@@ -127,15 +142,42 @@ def _unknown_key(cls: type, name: str, prefix: str, source: str) -> ConfigError:
     return ConfigError(f"{source}: unknown key '{prefix}{name}'; {hint}")
 
 
-def build(cls: type, values: Mapping[str, Any], source: str, prefix: str = "") -> Any:
-    """Instance of the dataclass ``cls`` from a (partial) mapping, checking every key and type."""
-    hints = get_type_hints(cls)
+def build(
+    cls: type, values: Mapping[str, Any], source: str, prefix: str = "", base: Any = None
+) -> Any:
+    """Instance of the dataclass ``cls`` from a (partial) mapping, checking every key and type;
+    keys not in the mapping keep their value in ``base`` (default: ``cls()``)."""
+    hints, base = get_type_hints(cls), cls() if base is None else base
     kwargs = {}
     for name, value in values.items():
         if name not in hints:
             raise _unknown_key(cls, str(name), prefix, source)
-        kwargs[name] = _check_value(value, hints[name], prefix + name, source)
-    return cls(**kwargs)
+        kwargs[name] = _check_value(value, hints[name], prefix + name, source, getattr(base, name))
+    return dataclasses.replace(base, **kwargs)
+
+
+_RANGES = {
+    "at least 1": lambda v: v >= 1,
+    ">= 0": lambda v: v >= 0,
+    "positive": lambda v: v > 0,
+    "finite": math.isfinite,
+    "finite and positive": lambda v: math.isfinite(v) and v > 0,
+    "finite and >= 0": lambda v: math.isfinite(v) and v >= 0,
+    "finite and non-negative": lambda v: math.isfinite(v) and v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+    "finite and in [0, 1)": lambda v: 0 <= v < 1,
+}
+"""The ranges ``check_ranges`` knows, by the words of its messages (NaN fails every one)."""
+
+
+def check_ranges(section: Any, prefix: str, ranges: Mapping[str, str]) -> None:
+    """Raise a ConfigError "<prefix><key> must be <range>, got <value>" for the first key of
+    ``section`` outside its range (``ranges``: key -> a range of ``_RANGES``)."""
+    for key, wanted in ranges.items():
+        value = getattr(section, key)
+        if not _RANGES[wanted](value):
+            raise ConfigError(f"{prefix}{key} must be {wanted}, got {value}")
 
 
 def _parse_override(text: str, tp: Any, key: str) -> Any:
@@ -212,15 +254,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def describe_fields(cls: type, prefix: str = "") -> list[str]:
+def describe_fields(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
     """Lines of ``--help`` text: every key with its type, default and documentation."""
     lines, docs, hints = [], field_docs(cls), get_type_hints(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
         key, tp = prefix + f.name, hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a nested section
             lines += [f"{key}: {docs.get(f.name, '')}"]
-            lines += describe_fields(tp, prefix=f"{key}.")
+            lines += describe_fields(tp, f"{key}.", getattr(defaults, f.name))
             continue
         default = getattr(defaults, f.name)
         lines += [

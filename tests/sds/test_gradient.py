@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.prior.call import ViewConditions, encode_prompts
 from viewdiff.sds.config import SdsConfig
 from viewdiff.sds.gradient import (

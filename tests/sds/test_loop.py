@@ -5,17 +5,19 @@ import dataclasses
 import pytest
 import torch
 
-from viewdiff.cameras import camera_centers, intrinsics_from_fov, orbit
+from viewdiff.cameras.conventions import camera_centers
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.prior.camera_record import CameraRecord, write_camera_distribution
 from viewdiff.sds.cameras import CameraRanges, camera_ranges, sample_camera_groups
-from viewdiff.sds.config import SdsConfig
+from viewdiff.sds.config import SDS_FIT, SdsConfig
 from viewdiff.sds.guidance_eval import guidance_eval_picture
 from viewdiff.sds.loop import ImageCondition, ScoreDistillation, initial_scene
 
 RANGES = CameraRanges((3.5, 4.5), (20.0, 40.0), (30.0, 50.0), "test")
 CONFIG = SdsConfig(steps=6, num_gaussians=300, image_size=32, views=3, guidance_scale=20.0,
-                   densify_from=2, densify_interval=2, densify_grad_threshold=1e-9,
-                   max_gaussians=400, checkpoint_every=0, eval_every=0)  # fmt: skip
+                   fit=dataclasses.replace(SDS_FIT, densify_from=2, densify_interval=2,
+                                           densify_grad_threshold=1e-9, max_gaussians=400),
+                   checkpoint_every=0, eval_every=0)  # fmt: skip
 
 
 def test_camera_groups_surround_the_object():

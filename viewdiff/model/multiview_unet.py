@@ -32,7 +32,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from peft import LoraConfig
 from torch import Tensor, nn
 
-from viewdiff.cameras import POSE_FEATURE_DIM
+from viewdiff.cameras.pose_features import POSE_FEATURE_DIM
 from viewdiff.config import ModelConfig
 from viewdiff.model.attention import MultiViewAttnProcessor, MultiViewCondition
 from viewdiff.model.lora import PoseLoRA
@@ -61,13 +61,9 @@ def _per_view(value: Tensor, name: str, rows: int, n_views: int, tail: tuple[int
 
 
 def check_model_config(config: ModelConfig) -> None:
-    """Refuse settings of the attention additions that cannot build, naming the key."""
-    if config.pose_lora and config.pose_lora_rank < 1:
-        raise ValueError(f"model.pose_lora_rank must be at least 1, got {config.pose_lora_rank}")
-    if config.pose_timestep_dim < 0:
-        raise ValueError(f"model.pose_timestep_dim must be >= 0, got {config.pose_timestep_dim}")
-    if config.attention_backend not in ("sdpa", "xformers"):
-        raise ValueError(f"model.attention_backend: unknown {config.attention_backend!r}")
+    """Refuse settings that cannot build, naming the key (``ModelConfig.check``: the one place
+    a model section is checked, from a preset, an override or code)."""
+    config.check()
 
 
 class MultiViewUNet(nn.Module):
@@ -257,7 +253,8 @@ class MultiViewUNet(nn.Module):
 
     def renderer_parameters(self) -> list[nn.Parameter]:
         """Parameters of the projection layers' volume renderers."""
-        return [p for layer in self.projection_layers.values() for p in layer.renderer.parameters()]
+        renderers = [layer.get_submodule("renderer") for layer in self.projection_layers.values()]
+        return [p for renderer in renderers for p in renderer.parameters()]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Disjoint groups: 'unet' (base weights, peft LoRA included), 'added', 'renderer'.

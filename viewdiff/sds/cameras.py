@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.config import SampleConfig
 from viewdiff.prior.camera_record import CAMERA_DISTRIBUTION_FILE
 from viewdiff.sds.config import SdsConfig

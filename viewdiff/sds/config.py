@@ -1,15 +1,53 @@
 """The ``sds:`` section of the config tree: how ``infer.py sds`` distils a 3D Gaussian scene.
 
 Kept apart from the other sections so that ``viewdiff.config`` can include it without importing
-the SDS machinery. Guidance is the standard w of ``uncond + w (cond - uncond)`` everywhere in
-the project; threestudio's ``guidance_scale`` s is w = s + 1 (its formula is
-``cond + s (cond - uncond)``), so DreamFusion's 100 is w = 100 here and s = 99 there.
+the SDS machinery; the scene's optimisation nests 3DGS's ``FitConfig`` (``sds.fit``), as TrAME's
+config does. ``SdsConfig.check`` is the section's one value check.
+
+Guidance is the standard w of ``uncond + w (cond - uncond)`` everywhere in the project;
+threestudio's ``guidance_scale`` s is w = s + 1 (its formula is ``cond + s (cond - uncond)``),
+so DreamFusion's 100 is w = 100 here and s = 99 there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from viewdiff.scene.fit import FitConfig
+from viewdiff.scene.render import BACKENDS
+from viewdiff.strict_config import ConfigError, check_ranges
+
+SDS_FIT = FitConfig(
+    sh_degree=0,  # no view-dependent colour, which SDS would exploit
+    background=(0.5, 0.5, 0.5),
+    # threestudio's Gaussian recipes (GaussianDreamer); 3DGS's own values for the rest.
+    position_lr_init=1e-3,
+    position_lr_final=2e-5,
+    feature_lr=1e-2,
+    opacity_lr=5e-2,
+    densify_until=3000,
+    opacity_reset_interval=100_000,  # never, as GaussianDreamer
+    max_gaussians=20_000,
+)
+"""``sds.fit``'s defaults: 3DGS's ``FitConfig`` with SDS's learning rates and density control."""
+
+RUN_FIT_KEYS = {"iterations": "sds.steps", "seed": "sds.seed",
+                "sh_increase_interval": "sds.steps (the bands spread over the run)",
+                "lambda_dssim": "sds.image_ssim_weight (image-to-3D's SSIM term)"}  # fmt: skip
+"""Keys of ``sds.fit`` that SDS does not read there (``fitter_config`` sets the first three
+from the run), with the key to set instead."""
+
+FLAT_FIT_KEYS = ("sh_degree", "position_lr_init", "position_lr_final", "feature_lr",
+                 "opacity_lr", "scaling_lr", "rotation_lr", "densify_from", "densify_until",
+                 "densify_interval", "densify_grad_threshold", "opacity_reset_interval",
+                 "min_opacity", "max_gaussians", "background")  # fmt: skip
+"""Keys that configs saved before the ``fit:`` section held directly under ``sds:``."""
+
+LEARNING_RATES = ("position_lr_init", "position_lr_final", "feature_lr", "opacity_lr",
+                  "scaling_lr", "rotation_lr")  # fmt: skip
+"""The scene's learning rates in ``sds.fit`` (``infer.py sds --lr`` scales them all)."""
 
 
 @dataclass(frozen=True)
@@ -75,50 +113,11 @@ class SdsConfig:
     init_opacity: float = 0.1
     """Opacity of the initial Gaussians (3DGS: 0.1)."""
 
-    sh_degree: int = 0
-    """SH degree of the colours (0: no view-dependent colour, which SDS would exploit)."""
-
-    position_lr_init: float = 1e-3
-    """Learning rate of the means at step 0, times the scene extent; decays exponentially."""
-
-    position_lr_final: float = 2e-5
-    """... at the last step."""
-
-    feature_lr: float = 1e-2
-    """Learning rate of the colours (SH DC; higher bands 1/20 of it)."""
-
-    opacity_lr: float = 5e-2
-    """Learning rate of the opacity logits."""
-
-    scaling_lr: float = 5e-3
-    """Learning rate of the log-scales."""
-
-    rotation_lr: float = 1e-3
-    """Learning rate of the quaternions."""
-
-    densify_from: int = 100
-    """First step of density control (clone / split / prune on the SDS gradients)."""
-
-    densify_until: int = 3000
-    """Last step of density control."""
-
-    densify_interval: int = 100
-    """Steps between density-control passes."""
-
-    densify_grad_threshold: float = 2e-4
-    """Mean view-space gradient norm (NDC units) above which a Gaussian is cloned or split."""
-
-    opacity_reset_interval: int = 100_000
-    """Steps between opacity resets while densifying (large: never, as GaussianDreamer)."""
-
-    min_opacity: float = 0.005
-    """Gaussians more transparent than this are pruned at density control."""
-
-    max_gaussians: int = 20_000
-    """Cap on the number of Gaussians."""
-
-    background: tuple[float, ...] = (0.5, 0.5, 0.5)
-    """RGB in [0, 1] behind the scene (the start of the learned background, if learned)."""
+    fit: FitConfig = SDS_FIT
+    """The scene's optimisation (``GaussianFitter``): learning rates, density control, SH
+    degree, background (the start of the learned one, if learned). Its iterations, seed and
+    sh_increase_interval are the run's (sds.steps, sds.seed, the SH bands switched on evenly
+    over the steps) and lambda_dssim is unused: setting them is an error."""
 
     learn_background: bool = False
     """Optimise one constant background colour with the scene."""
@@ -149,3 +148,64 @@ class SdsConfig:
 
     turntable_views: int = 24
     """Frames of the final turntable."""
+
+    def check(self) -> None:
+        """Refuse values that cannot run, naming the key (the one check of the sds: section)."""
+        check_ranges(self, "sds.", {"steps": "positive", "batch_size": "positive",
+                                    "num_gaussians": "positive", "guidance_scale": "positive",
+                                    "init_radius": "positive"})  # fmt: skip
+        if self.views < 0 or self.views == 1 or self.image_size < 0 or self.image_size % 8:
+            raise ConfigError(
+                f"sds.views ({self.views}) must be 0 (the export's) or >= 2 and sds.image_size "
+                f"({self.image_size}) 0 or a multiple of 8"
+            )
+        if not 0.0 <= self.t_min <= self.t_max <= 1.0:
+            raise ConfigError(f"sds.t_min, sds.t_max must be 0 <= min <= max <= 1, got "
+                              f"{self.t_min}, {self.t_max}")  # fmt: skip
+        for key in ("t_min_anneal", "t_max_anneal"):
+            if len(getattr(self, key)) not in (0, 4):
+                raise ConfigError(f"sds.{key} must be [start_step, start, end, end_step] or "
+                                  f"empty, got {list(getattr(self, key))}")  # fmt: skip
+        for key in ("elevation_deg", "radius", "fov_deg"):
+            value = getattr(self, key)
+            if value and (len(value) != 2 or not value[0] <= value[1]):
+                raise ConfigError(f"sds.{key} must be [low, high] with low <= high or empty, "
+                                  f"got {list(value)}")  # fmt: skip
+        self._check_fit()
+
+    def _check_fit(self) -> None:
+        """The scene optimisation's values (``sds.fit``)."""
+        fit = self.fit
+        for key, source in RUN_FIT_KEYS.items():
+            if getattr(fit, key) != getattr(SDS_FIT, key):
+                raise ConfigError(f"sds.fit.{key} is not read by SDS: set {source} instead "
+                                  f"(got {getattr(fit, key)})")  # fmt: skip
+        background = fit.background
+        if len(background) != 3 or not all(0.0 <= c <= 1.0 for c in background):
+            raise ConfigError(f"sds.fit.background must be 3 values in [0, 1], got {background}")
+        if not 0 <= fit.sh_degree <= 3:
+            raise ConfigError(f"sds.fit.sh_degree must be 0..3, got {fit.sh_degree}")
+        check_ranges(fit, "sds.fit.", dict.fromkeys(LEARNING_RATES, "finite and >= 0"))
+        check_ranges(fit, "sds.fit.", {"densify_interval": "at least 1"})
+        if fit.backend not in BACKENDS:
+            raise ConfigError(f"sds.fit.backend must be one of {', '.join(BACKENDS)}, "
+                              f"got {fit.backend!r}")  # fmt: skip
+
+
+def fitter_config(config: SdsConfig) -> FitConfig:
+    """The fitter's settings of a run: ``sds.fit`` for ``sds.steps`` steps, seeded by
+    ``sds.seed``, its SH bands switched on evenly over the steps."""
+    interval = max(config.steps // (config.fit.sh_degree + 1), 1)
+    return dataclasses.replace(
+        config.fit, iterations=config.steps, seed=config.seed, sh_increase_interval=interval
+    )
+
+
+def nest_flat_fit_keys(section: dict[str, Any]) -> dict[str, Any]:
+    """An ``sds:`` section saved before the ``fit:`` section with its ``FLAT_FIT_KEYS`` moved
+    into ``fit:`` (a current section comes back unchanged)."""
+    moved = {key: section[key] for key in FLAT_FIT_KEYS if key in section}
+    if not moved or not isinstance(section.get("fit", {}), dict):
+        return section
+    rest = {key: value for key, value in section.items() if key not in moved}
+    return {**rest, "fit": {**moved, **section.get("fit", {})}}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -27,24 +26,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from viewdiff.cameras import pose_features
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.prior.call import ViewConditions, decode_latents, encode_images, encode_prompts
 from viewdiff.prior.load import MultiViewPrior
-from viewdiff.scene.fit import FitConfig, GaussianFitter
-from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
+from viewdiff.scene.checkpoint import (
+    FileEntries,
+    read_checkpoint,
+    read_checkpoint_state,
+    write_checkpoint,
+)
+from viewdiff.scene.fitter import GaussianFitter
+from viewdiff.scene.gaussians import GaussianScene
 from viewdiff.scene.losses import ssim
 from viewdiff.scene.render import RenderOutput, render
 from viewdiff.scene.sh import rgb_to_sh0
 from viewdiff.sds.cameras import CameraRanges, sample_camera_groups
-from viewdiff.sds.config import SdsConfig
+from viewdiff.sds.config import SdsConfig, fitter_config
 from viewdiff.sds.gradient import Distillation, distill, image_target_loss
 from viewdiff.sds.schedules import object_timesteps
 
-SCENE_FILE, STATE_FILE, TENSORS_FILE = "scene.ply", "state.json", "state.safetensors"
-STATE_FORMAT = "viewdiff.sds_state/1"
+STATE_FORMAT, WHAT = "viewdiff.sds_state/1", "an SDS checkpoint"
 
 
 @dataclass(frozen=True)
@@ -95,37 +98,13 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - start
 
 
-def fit_config(config: SdsConfig) -> FitConfig:
-    """The fitter's settings of an SDS run (learning rates, density control, SH degree)."""
-    return FitConfig(
-        iterations=config.steps,
-        sh_degree=config.sh_degree,
-        sh_increase_interval=max(config.steps // max(config.sh_degree + 1, 1), 1),
-        background=tuple(config.background),
-        position_lr_init=config.position_lr_init,
-        position_lr_final=config.position_lr_final,
-        feature_lr=config.feature_lr,
-        opacity_lr=config.opacity_lr,
-        scaling_lr=config.scaling_lr,
-        rotation_lr=config.rotation_lr,
-        densify_from=config.densify_from,
-        densify_until=config.densify_until,
-        densify_interval=config.densify_interval,
-        densify_grad_threshold=config.densify_grad_threshold,
-        opacity_reset_interval=config.opacity_reset_interval,
-        min_opacity=config.min_opacity,
-        max_gaussians=config.max_gaussians,
-        seed=config.seed,
-    )
-
-
 def initial_scene(config: SdsConfig) -> GaussianScene:
     """SDS's start: ``num_gaussians`` grey Gaussians uniform in a ball (seeded)."""
     generator = torch.Generator().manual_seed(config.seed)
     scene = GaussianScene.random_in_sphere(
         config.num_gaussians,
         config.init_radius,
-        config.sh_degree,
+        config.fit.sh_degree,
         config.init_opacity,
         generator=generator,
     )
@@ -167,9 +146,9 @@ class ScoreDistillation:
         scene = scene.to(device, torch.float32)
         # 3DGS's "cameras extent" of cameras on a sphere of the largest radius around the box.
         extent = 1.1 * ranges.radius[1]
-        self.fitter = GaussianFitter(scene, None, fit_config(config), extent=extent)
+        self.fitter = GaussianFitter(scene, None, fitter_config(config), extent=extent)
         self.background_logits = torch.logit(
-            torch.tensor(config.background, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+            torch.tensor(config.fit.background, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
         ).to(device)
         self.background_optimizer = None
         if config.learn_background:
@@ -227,6 +206,7 @@ class ScoreDistillation:
             views = []
             for row in range(B * N):
                 if known[row]:  # the given image stands in for its view; its render is below
+                    assert self.image is not None  # rows are known only with an image
                     views.append(self.image.image.to(device))
                     continue
                 outputs.append(self.render_view(K.flatten(0, 1)[row], w2c.flatten(0, 1)[row]))
@@ -285,14 +265,11 @@ class ScoreDistillation:
             conditions=conditions,
         )
 
-    # Checkpoints: the scene as PLY, every other tensor as safetensors, the rest as JSON.
+    # Checkpoints (``viewdiff.scene.checkpoint``): the scene as PLY, every other tensor as
+    # safetensors, the rest as JSON, swapped in atomically.
 
     def save(self, folder: Path) -> Path:
         """Write a resumable checkpoint into ``folder`` (replaced atomically); returns it."""
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        write_gaussian_ply(tmp / SCENE_FILE, self.fitter.scene.detach())
         tensors, fitter_state = self.fitter.checkpoint_state()
         groups = fitter_state["adam_steps"]
         tensors |= {
@@ -305,43 +282,26 @@ class ScoreDistillation:
                 if key in state:
                     tensors[f"background.{key}"] = state[key]
             groups["background"] = float(state["step"]) if "step" in state else 0.0
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / TENSORS_FILE
-        )
         state = {
-            "format": STATE_FORMAT,
             "step": self.step_count,
             "prompt": self.prompt,
             "adam_steps": groups,
             "view_order": fitter_state["view_order"],
         }
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            folder.replace(old)
-            tmp.replace(folder)
-            for path in old.iterdir():
-                path.unlink()
-            old.rmdir()
-        else:
-            tmp.replace(folder)
-        return folder
+        return write_checkpoint(folder, STATE_FORMAT, self.fitter.scene, tensors, state)
 
     def load(self, folder: Path) -> None:
         """Continue from a checkpoint of ``save`` (the scene, optimisers, statistics, RNGs)."""
-        folder = Path(folder)
-        state = read_state(folder)
+        checkpoint = read_checkpoint(folder, STATE_FORMAT, WHAT, self.prior.device)
+        state, tensors = checkpoint.state, checkpoint.tensors
         if state["prompt"] != self.prompt:
             raise ValueError(
                 f"{folder}: a checkpoint of {state['prompt']!r}, not of {self.prompt!r}"
             )
-        device = self.prior.device
-        scene = read_gaussian_ply(folder / SCENE_FILE, device=device).with_sh_degree(
-            self.config.sh_degree
-        )
-        tensors = load_file(folder / TENSORS_FILE, device=str(device))
+        scene = checkpoint.scene.with_sh_degree(self.fitter.config.sh_degree)
         fitter = GaussianFitter(scene, None, self.fitter.config, extent=self.fitter.extent)
-        fitter.restore_checkpoint_state(tensors, {**state, "iteration": state["step"]})
+        document = FileEntries(state.path, {**state, "iteration": state["step"]})
+        fitter.restore_checkpoint_state(tensors, document)
         self.generator.set_state(tensors["generator"].cpu())
         with torch.no_grad():
             self.background_logits.copy_(tensors["background_logits"])
@@ -355,17 +315,6 @@ class ScoreDistillation:
 
 
 def read_state(folder: Path) -> dict:
-    """The JSON state of an SDS checkpoint folder, checked."""
-    path = Path(folder) / STATE_FILE
-    missing = [
-        name for name in (SCENE_FILE, STATE_FILE, TENSORS_FILE) if not (folder / name).is_file()
-    ]
-    if missing:
-        raise ValueError(f"{folder} is not an SDS checkpoint: missing {', '.join(missing)}")
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read: {error}") from None
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a {STATE_FORMAT} file")
-    return state
+    """The JSON state of an SDS checkpoint folder (recovered after an interrupted write),
+    checked."""
+    return read_checkpoint_state(folder, STATE_FORMAT, WHAT)
