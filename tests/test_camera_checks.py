@@ -6,14 +6,9 @@ import math
 import pytest
 import torch
 
-from viewdiff.cameras import (
-    camera_problem,
-    check_cameras,
-    intrinsics_from_fov,
-    orbit,
-    usable_cameras,
-)
-from viewdiff.cameras_json import cameras_from_json, cameras_to_json
+from viewdiff.cameras.cameras_json import cameras_from_json, cameras_to_json
+from viewdiff.cameras.checks import camera_problem, check_cameras, usable_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.inference.trajectory import Trajectory, check_trajectory
 
 

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from viewdiff import cameras as cam
+from viewdiff.cameras import conventions as cam
+from viewdiff.cameras.normalization import normalize_w2c, scene_normalization
+from viewdiff.cameras.orbits import (
+    cartesian_to_spherical,
+    intrinsics_from_fov,
+    orbit,
+    spherical_to_cartesian,
+)
+from viewdiff.cameras.pose_features import POSE_FEATURE_DIM, intensity_stats, pose_features
 
 HEIGHT, WIDTH = 300, 400  # non-square on purpose: NDC conventions differ only then
 
@@ -137,8 +145,8 @@ def single_ray(K, w2c, u, v):
 def test_resize_keeps_rays_through_pixel_centres():
     # Halving the resolution: new pixel 0 covers old pixels 0 and 1, whose centres are 0 and 1,
     # so its centre is old coordinate 0.5 (the half-pixel convention).
-    K = cam.intrinsics_from_fov(50.0, 64, 96).double()
-    w2c = cam.orbit(1, 10.0, 3.0, dtype=torch.float64)[0]
+    K = intrinsics_from_fov(50.0, 64, 96).double()
+    w2c = orbit(1, 10.0, 3.0, dtype=torch.float64)[0]
     small = cam.resize_intrinsics(K, (64, 96), (32, 48))
     _, rays = cam.pixel_rays(small, w2c, 32, 48, normalize=False)
     torch.testing.assert_close(rays[0, 0], single_ray(K, w2c, 0.5, 0.5))
@@ -146,8 +154,8 @@ def test_resize_keeps_rays_through_pixel_centres():
 
 
 def test_crop_moves_the_principal_point():
-    K = cam.intrinsics_from_fov(50.0, 64, 96).double()
-    w2c = cam.orbit(1, 10.0, 3.0, dtype=torch.float64)[0]
+    K = intrinsics_from_fov(50.0, 64, 96).double()
+    w2c = orbit(1, 10.0, 3.0, dtype=torch.float64)[0]
     cropped = cam.crop_intrinsics(K, left=16, top=8)
     _, rays = cam.pixel_rays(cropped, w2c, 40, 40, normalize=False)
     torch.testing.assert_close(rays[0, 0], single_ray(K, w2c, 16.0, 8.0))
@@ -155,7 +163,7 @@ def test_crop_moves_the_principal_point():
 
 def test_rays_hit_the_points_that_project_to_their_pixels():
     K = torch.tensor([[60.0, 0, 20.0], [0, 55.0, 14.0], [0, 0, 1]], dtype=torch.float64)
-    w2c = cam.orbit(3, 25.0, 4.0, dtype=torch.float64)
+    w2c = orbit(3, 25.0, 4.0, dtype=torch.float64)
     origins, directions = cam.pixel_rays(K, w2c, 30, 40, normalize=False)
     assert origins.shape == directions.shape == (3, 30, 40, 3)
     points = origins[:, 7, 11] + 2.5 * directions[:, 7, 11]  # (3, 3): depth 2.5 in each view
@@ -168,16 +176,16 @@ def test_rays_hit_the_points_that_project_to_their_pixels():
 
 def test_orbit_cameras_sit_where_asked_and_look_at_the_target():
     target = (0.5, -0.2, 0.1)
-    w2c = cam.orbit(6, 30.0, 4.0, look_at_point=target, dtype=torch.float64)
+    w2c = orbit(6, 30.0, 4.0, look_at_point=target, dtype=torch.float64)
     offsets = cam.camera_centers(w2c) - torch.tensor(target, dtype=torch.float64)
-    spherical = cam.cartesian_to_spherical(offsets)
+    spherical = cartesian_to_spherical(offsets)
     torch.testing.assert_close(spherical[:, 2], torch.full((6,), 4.0, dtype=torch.float64))
     torch.testing.assert_close(
         spherical[:, 1], torch.full((6,), math.radians(30), dtype=torch.float64)
     )
     steps = torch.diff(torch.rad2deg(spherical[:, 0])) % 360
     torch.testing.assert_close(steps, torch.full((5,), 60.0, dtype=torch.float64))
-    K = cam.intrinsics_from_fov(40.0, 32, 32).double()
+    K = intrinsics_from_fov(40.0, 32, 32).double()
     above = torch.tensor([target, [target[0], target[1], target[2] + 0.5]], dtype=torch.float64)
     uv, _ = cam.project(above, K, w2c)
     torch.testing.assert_close(uv[:, 0], torch.full((6, 2), 15.5, dtype=torch.float64))
@@ -186,22 +194,22 @@ def test_orbit_cameras_sit_where_asked_and_look_at_the_target():
 
 def test_spherical_round_trip():
     points = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    spherical = cam.cartesian_to_spherical(points)
-    back = cam.spherical_to_cartesian(spherical[:, 0], spherical[:, 1], spherical[:, 2])
+    spherical = cartesian_to_spherical(points)
+    back = spherical_to_cartesian(spherical[:, 0], spherical[:, 1], spherical[:, 2])
     torch.testing.assert_close(back, points)
 
 
 def test_bad_orbits_are_errors():
     with pytest.raises(ValueError, match="at least one view"):
-        cam.orbit(0)
+        orbit(0)
     with pytest.raises(ValueError, match="parallel"):
-        cam.orbit(2, elevation_deg=90.0)
+        orbit(2, elevation_deg=90.0)
     with pytest.raises(ValueError, match="field of view"):
-        cam.intrinsics_from_fov(180.0, 10, 10)
+        intrinsics_from_fov(180.0, 10, 10)
 
 
 def test_rigid_inverse_and_centres():
-    w2c = cam.orbit(4, 15.0, 2.0, dtype=torch.float64)
+    w2c = orbit(4, 15.0, 2.0, dtype=torch.float64)
     torch.testing.assert_close(
         cam.invert_rigid(w2c) @ w2c, torch.eye(4, dtype=torch.float64).expand(4, 4, 4)
     )
@@ -219,49 +227,47 @@ def random_similarity(generator: torch.Generator, scale: float) -> torch.Tensor:
 def test_scene_normalisation_levels_centres_and_scales():
     generator = torch.Generator().manual_seed(4)
     # A capture in a known frame: 12 cameras 30 degrees above a 1.0 x 0.6 x 0.4 box.
-    w2c = cam.orbit(12, 30.0, 3.0, dtype=torch.float64)
+    w2c = orbit(12, 30.0, 3.0, dtype=torch.float64)
     half = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     corners = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]).double()
     box = corners * half + torch.tensor([0.1, 0.0, 0.2], dtype=torch.float64)
     for _ in range(8):  # ...moved into arbitrary worlds, upside down included
         to_world = random_similarity(generator, scale=3.7)
-        w2c_world = cam.normalize_w2c(w2c, to_world)
-        similarity = cam.scene_normalization(w2c_world, cam.transform_points(to_world, box))
+        w2c_world = normalize_w2c(w2c, to_world)
+        similarity = scene_normalization(w2c_world, cam.transform_points(to_world, box))
         normalised = cam.transform_points(similarity @ to_world, box)
         torch.testing.assert_close(
             (normalised.amax(0) + normalised.amin(0)) / 2, torch.zeros(3).double()
         )
         assert (normalised.amax(0) - normalised.amin(0)).max() == pytest.approx(2.0)
-        centres = cam.camera_centers(cam.normalize_w2c(w2c_world, similarity))
+        centres = cam.camera_centers(normalize_w2c(w2c_world, similarity))
         assert centres[:, 2].std() < 1e-9, "cameras should lie on a level plane"
         assert torch.all(centres[:, 2] > 0), "cameras looked down at the object: +z is up"
         # Normalising moves cameras rigidly: pixels of the object do not change.
-        K = cam.intrinsics_from_fov(40.0, 32, 32).double()
+        K = intrinsics_from_fov(40.0, 32, 32).double()
         before, _ = cam.project(cam.transform_points(to_world, box), K, w2c_world)
-        after, _ = cam.project(normalised, K, cam.normalize_w2c(w2c_world, similarity))
+        after, _ = cam.project(normalised, K, normalize_w2c(w2c_world, similarity))
         torch.testing.assert_close(before, after)
 
 
 def test_scene_normalisation_needs_three_cameras():
     with pytest.raises(ValueError, match="at least 3 cameras"):
-        cam.scene_normalization(cam.orbit(2, 30.0, dtype=torch.float64), torch.randn(5, 3).double())
+        scene_normalization(orbit(2, 30.0, dtype=torch.float64), torch.randn(5, 3).double())
 
 
 def test_pose_features_follow_the_reference_layout():
-    w2c = cam.orbit(4, 30.0, 4.0, start_azimuth_deg=90.0, dtype=torch.float64)
+    w2c = orbit(4, 30.0, 4.0, start_azimuth_deg=90.0, dtype=torch.float64)
     K = torch.tensor([[200.0, 0, 127.5], [0, 220.0, 100.0], [0, 0, 1]], dtype=torch.float64)
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    stats = cam.intensity_stats(images)
+    stats = intensity_stats(images)
     torch.testing.assert_close(stats[:, 0], images.mean(dim=(1, 2, 3)))
     torch.testing.assert_close(stats[:, 1], images.flatten(1).var(dim=1))  # unbiased
-    features = cam.pose_features(K, w2c, (256, 320), stats)
-    assert features.shape == (4, cam.POSE_FEATURE_DIM)
+    features = pose_features(K, w2c, (256, 320), stats)
+    assert features.shape == (4, POSE_FEATURE_DIM)
     first = features[0].tolist()
     assert first[0] == pytest.approx(math.radians(60.0))  # polar angle from +z
     assert first[1:3] == pytest.approx([1.0, 0.0], abs=1e-9)  # sin, cos of azimuth 90 degrees
     assert first[3] == pytest.approx(4.0)
     assert first[4:8] == pytest.approx([200 / 320, 220 / 256, 127.5 / 320, 100 / 256])
     assert first[8:] == pytest.approx(stats[0].tolist())
-    torch.testing.assert_close(
-        cam.pose_features(K, w2c, (256, 320))[:, 8:], torch.zeros(4, 2).double()
-    )
+    torch.testing.assert_close(pose_features(K, w2c, (256, 320))[:, 8:], torch.zeros(4, 2).double())

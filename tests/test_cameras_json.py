@@ -5,8 +5,13 @@ import json
 import pytest
 import torch
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import cameras_from_json, cameras_to_json, read_cameras, write_cameras
+from viewdiff.cameras.cameras_json import (
+    cameras_from_json,
+    cameras_to_json,
+    read_cameras,
+    write_cameras,
+)
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 
 
 def test_round_trip_is_exact(tmp_path):

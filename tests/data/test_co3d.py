@@ -11,25 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import pixel_to_ndc_intrinsics, project
-from viewdiff.cameras_json import read_cameras
-from viewdiff.data.co3d import (
-    Co3dFormatError,
-    list_categories,
-    list_subsets,
-    read_category,
+from viewdiff.cameras.cameras_json import read_cameras
+from viewdiff.cameras.conventions import pixel_to_ndc_intrinsics, project
+from viewdiff.data.co3d import list_categories, read_category
+from viewdiff.data.co3d_annotations import Co3dFormatError, read_jgz, write_jgz
+from viewdiff.data.co3d_files import (
     read_depth,
-    read_jgz,
     read_mask,
     read_point_cloud,
     write_depth,
-    write_jgz,
     write_mask,
 )
+from viewdiff.data.co3d_set_lists import list_subsets
+from viewdiff.data.raycast import render_object
 from viewdiff.data.synthetic import (
     make_synthetic_dataset,
     read_synthetic_objects,
-    render_object,
     sequence_object,
 )
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from viewdiff.cameras import intrinsics_from_fov, normalize_w2c, orbit
+from viewdiff.cameras.normalization import normalize_w2c
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.data.raycast import Primitive, SyntheticObject, render_object, trace
 from viewdiff.data.synthetic_objects import CATEGORIES, make_object
 

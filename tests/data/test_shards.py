@@ -16,16 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import camera_centers, project, transform_points
-from viewdiff.data.co3d import read_category, read_point_cloud
-from viewdiff.data.shards import (
-    SKIP_REASONS,
-    ShardOptions,
-    crop_square,
-    object_crop_box,
-    read_manifest,
-    write_shards,
-)
+from viewdiff.cameras.conventions import camera_centers, project, transform_points
+from viewdiff.data.co3d import read_category
+from viewdiff.data.co3d_files import read_point_cloud
+from viewdiff.data.shard_manifest import SKIP_REASONS, read_manifest
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shard_samples import crop_square, object_crop_box
+from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 
 # 2 categories x 2 sequences x 12 frames; max 8 frames per sample -> 2 chunks of 6 per sequence.

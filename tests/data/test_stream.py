@@ -21,24 +21,22 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import (
+from viewdiff.cameras.conventions import (
     camera_centers,
-    intensity_stats,
-    orbit,
-    pose_features,
     project,
     resize_intrinsics,
     transform_points,
 )
+from viewdiff.cameras.orbits import orbit
+from viewdiff.cameras.pose_features import intensity_stats, pose_features
 from viewdiff.config import DataConfig
-from viewdiff.data.shards import ShardOptions, read_manifest, write_shards
-from viewdiff.data.stream import (
-    SkippedTally,
-    build_loader,
-    build_pipeline,
-    spread_views,
-    to_float_views,
-)
+from viewdiff.data.shard_manifest import read_manifest
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
+from viewdiff.data.stream import build_loader, build_pipeline
+from viewdiff.data.stream_batches import to_float_views
+from viewdiff.data.stream_views import spread_views
+from viewdiff.data.stream_workers import SkippedTally
 from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects
 
 # 2 categories x 2 sequences x 12 frames -> 8 samples of 6 views (2 chunks per sequence), 3 shards.
@@ -357,7 +355,7 @@ def test_categories_select_samples(shards):
 
 
 def test_a_stream_without_the_wanted_categories_stops_with_an_error(shards, monkeypatch):
-    monkeypatch.setattr("viewdiff.data.stream.MAX_OTHER_CATEGORY", 20)
+    monkeypatch.setattr("viewdiff.data.stream_views.MAX_OTHER_CATEGORY", 20)
     pattern = f"{shards}/train-{{000000..000002}}.tar"  # a URL: no manifest to check first
     with pytest.raises(ValueError, match="no sample of data.categories=\\['teddybear'\\]"):
         first_batches(config(pattern, categories=("teddybear",)), 1, seed=0)

@@ -11,18 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import project
-from viewdiff.data.co3d import read_category, read_depth, read_mask
+from viewdiff.cameras.conventions import project
+from viewdiff.data.co3d import read_category
+from viewdiff.data.co3d_files import read_depth, read_mask
 from viewdiff.data.raycast import render_object
-from viewdiff.data.synthetic import (
-    hand_held_orbit,
-    make_synthetic_dataset,
-    object_keypoints,
-    read_synthetic_objects,
-    sample_intrinsics,
-    surface_points,
-)
+from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects
+from viewdiff.data.synthetic_cameras import hand_held_orbit, sample_intrinsics
 from viewdiff.data.synthetic_objects import CATEGORIES, make_object
+from viewdiff.data.synthetic_surface import object_keypoints, surface_points
 from viewdiff.ply import read_ply
 
 SIZE_HW = (72, 96)  # non-square on purpose

@@ -10,15 +10,15 @@ import pytest
 from viewdiff.config import DataConfig
 from viewdiff.data.co3d import read_category
 from viewdiff.data.raycast import render_object
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 from viewdiff.data.stream import build_loader
 from viewdiff.data.synthetic import (
-    hand_held_orbit,
     make_synthetic_dataset,
     read_synthetic_objects,
-    sample_intrinsics,
     sequence_object,
 )
+from viewdiff.data.synthetic_cameras import hand_held_orbit, sample_intrinsics
 from viewdiff.data.synthetic_objects import CATEGORIES, make_object
 from viewdiff.data.toy_objects import TOY_COLOURS, TOY_SHAPES, toy_colour, toy_prompts
 from viewdiff.tiny import write_tokenizer

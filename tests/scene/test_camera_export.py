@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import camera_centers, intrinsics_from_fov, orbit, project
-from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.conventions import camera_centers, project
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.commands.export import add_export_command
 from viewdiff.scene.camera_export import (
     colmap_text_model,

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.scene.fit import DensityStats, FitConfig, GaussianFitter, PosedViews, fit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.scene.densification import DensityStats
+from viewdiff.scene.fit import FitConfig, PosedViews, fit
+from viewdiff.scene.fitter import GaussianFitter
 from viewdiff.scene.gaussians import GaussianScene, random_scene
 from viewdiff.scene.losses import psnr, ssim, ssim_map
 from viewdiff.scene.render import render

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from viewdiff.cameras import look_at, project
+from viewdiff.cameras.conventions import project
+from viewdiff.cameras.orbits import look_at
 from viewdiff.scene.gaussians import GaussianScene, covariance_from, random_scene
 from viewdiff.scene.rasterize import project_gaussians, rasterize
 from viewdiff.scene.render import render
@@ -59,7 +60,7 @@ def test_single_gaussian_lands_where_the_analytic_projection_says():
     torch.testing.assert_close(out.means2d, uv)  # the renderer's own projection
     torch.testing.assert_close(centre, uv[0], atol=0.02, rtol=0)  # the footprint's centre
     # EWA: Sigma' = J Sigma J^T + 0.3 I, J the Jacobian of the camera's projection (here taken
-    # by autograd through viewdiff.cameras.project, independently of the renderer).
+    # by autograd through viewdiff.cameras.conventions.project, independently of the renderer).
     J = torch.autograd.functional.jacobian(lambda p: project(p[None], K, w2c)[0][0], scene.means[0])
     ewa = J @ covariance_from(scene.log_scales, scene.quats)[0] @ J.T + 0.3 * torch.eye(
         2, dtype=F64

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import infer
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import read_cameras
+from viewdiff.cameras.cameras_json import read_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.ply import write_ply
 from viewdiff.scene.gaussians import random_scene, read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.render import render

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 import train
 import viewdiff.training.step
-from viewdiff.cameras import camera_centers, cartesian_to_spherical, project, usable_cameras
+from viewdiff.cameras.checks import usable_cameras
+from viewdiff.cameras.conventions import camera_centers, project
+from viewdiff.cameras.orbits import cartesian_to_spherical
 from viewdiff.config import Config, DataConfig, ModelConfig, config_to_dict, read_config_json
 from viewdiff.data.prior_set import training_captions
 from viewdiff.data.stream import build_loader

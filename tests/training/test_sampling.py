@@ -6,7 +6,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.config import ModelConfig
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.model import MultiViewUNet

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import camera_problem
+from viewdiff.cameras.checks import camera_problem
 
 CONVENTION = "opencv"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers
+from viewdiff.cameras.conventions import camera_centers
 
 
 def camera_plane_rotation(w2c: Tensor) -> Tensor:

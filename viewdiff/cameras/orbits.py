@@ -1,7 +1,8 @@
 """Cameras made rather than read: ``look_at``, spherical coordinates around the origin, evenly
 spaced orbits around +z (the normalised scenes' up), and a centred pinhole K from a field of view.
 
-All in the OpenCV convention of ``viewdiff.cameras``: w2c (4x4, x right, y down, z forward).
+All in the OpenCV convention of ``viewdiff.cameras.conventions``: w2c (4x4, x right, y down, z
+forward).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The per-view condition of the pose-conditioned LoRA (reference: model/util.py, get_T):
 [theta, sin(azimuth), cos(azimuth), radius, fx/W, fy/H, cx/W, cy/H, intensity mean, var], of
-cameras in the normalised scene (``viewdiff.scene_normalization``).
+cameras in the normalised scene (``viewdiff.cameras.normalization``).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers
+from viewdiff.cameras.conventions import camera_centers
 
 POSE_FEATURE_DIM = 10
 

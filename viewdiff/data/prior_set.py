@@ -37,8 +37,9 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from viewdiff.cameras import look_at, spherical_to_cartesian
-from viewdiff.data.shards import MANIFEST, SAMPLE_FORMAT, SKIP_REASONS, read_manifest, write_json
+from viewdiff.cameras.orbits import look_at, spherical_to_cartesian
+from viewdiff.data.shard_manifest import MANIFEST, SKIP_REASONS, read_manifest, write_json
+from viewdiff.data.shard_samples import SAMPLE_FORMAT
 from viewdiff.data.stream import shard_urls
 
 PRIOR_RADIUS = (2.0, 4.0)  # pose_spherical_min/max_radius
@@ -84,8 +85,11 @@ def training_captions(shards: str, image_size: int) -> list[tuple[str, str]]:
             for member in tar:
                 if not member.name.endswith(".json"):
                     continue
+                extracted = tar.extractfile(member)
+                if extracted is None:  # a directory or special file named *.json
+                    raise ValueError(f"{url}: {member.name}: not a sample's JSON (not a file)")
                 try:
-                    meta = json.loads(tar.extractfile(member).read())
+                    meta = json.loads(extracted.read())
                     category = meta["category"]
                     captions = meta["captions"] or [f"a {category}"]
                 except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -174,7 +178,7 @@ def plan_shards(
 ) -> list[tuple[str, list[int], str]]:
     """(shard name, caption indices, plan hash) of every shard."""
     per_shard = max(1, options.samples_per_shard // options.images_per_caption)
-    plans = []
+    plans: list[tuple[str, list[int], str]] = []
     for start in range(0, len(captions), per_shard):
         indices = list(range(start, min(start + per_shard, len(captions))))
         digest = json.dumps(

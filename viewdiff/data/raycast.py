@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from viewdiff.cameras import pixel_rays
+from viewdiff.cameras.conventions import pixel_rays
 
 _LIGHT = np.array([0.4, -0.5, 0.77]) / np.linalg.norm([0.4, -0.5, 0.77])  # object frame
 
@@ -88,11 +88,11 @@ def _hit_cylinder(prim: Primitive, o: np.ndarray, d: np.ndarray) -> tuple:
             (disc >= 0) & (a > 0) & (np.abs(q[:, 2] + side * d[:, 2]) <= h), side, np.inf
         )
         caps = [(z - q[:, 2]) / d[:, 2] for z in (h, -h)]
-        candidates = [side]
+        surfaces = [side]  # t of the side, the top cap, the bottom cap: each (N,)
         for t in caps:
             x, y = q[:, 0] + t * d[:, 0], q[:, 1] + t * d[:, 1]
-            candidates.append(np.where(x**2 + y**2 <= r**2, t, np.inf))
-    candidates = np.stack([np.where(c > 0, c, np.inf) for c in candidates], axis=1)  # (N, 3)
+            surfaces.append(np.where(x**2 + y**2 <= r**2, t, np.inf))
+    candidates = np.stack([np.where(c > 0, c, np.inf) for c in surfaces], axis=1)  # (N, 3)
     face = np.argmin(candidates, axis=1)
     t = candidates[np.arange(len(o)), face]
     p = q + np.where(np.isfinite(t), t, 0.0)[:, None] * d

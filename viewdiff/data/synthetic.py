@@ -7,6 +7,9 @@ shapes before plain backdrops), in its own random world frame. The primitives an
 renders are viewdiff/data/raycast.py's; this file films the objects along hand-held orbits and
 writes what it films.
 
+The cameras of a capture are ``synthetic_cameras.py``'s, the point cloud and key points
+``synthetic_surface.py``'s.
+
 Conventions of the written files (those of CO3Dv2, see viewdiff/data/co3d.py):
 - masks are the object only (ground and backdrop are background), P(fg) * 255 in 8-bit PNG;
 - depth is CO3D's: z-depth in world units of whatever is hit first (object or ground), since
@@ -40,166 +43,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from viewdiff.cameras import (
-    look_at,
-    normalize_w2c,
-    opencv_to_co3d,
-    spherical_to_cartesian,
-)
-from viewdiff.cameras_json import write_cameras
-from viewdiff.data.co3d import write_depth, write_depth_mask, write_jgz, write_mask
-from viewdiff.data.raycast import (
-    Primitive,
-    SyntheticObject,
-    albedo,
-    inside,
-    render_object,
-    trace,
-)
+from viewdiff.cameras.cameras_json import write_cameras
+from viewdiff.cameras.conventions import opencv_to_co3d
+from viewdiff.data.co3d_annotations import write_jgz
+from viewdiff.data.co3d_files import write_depth, write_depth_mask, write_mask
+from viewdiff.data.raycast import SyntheticObject, render_object
+from viewdiff.data.synthetic_cameras import hand_held_orbit, sample_intrinsics
 from viewdiff.data.synthetic_objects import STYLES, make_object
+from viewdiff.data.synthetic_surface import object_keypoints, surface_points
 from viewdiff.ply import write_ply
 
 OBJECTS_FILE = "synthetic_objects.json"
 FPS = 30.0  # frame_timestamp = frame_number / FPS, as frames of a video
-
-
-# Cameras and key points ----------------------------------------------------------------------
-
-
-def sample_intrinsics(rng: np.random.Generator, image_size_hw: tuple[int, int]) -> np.ndarray:
-    """A pinhole K (3, 3): 40-60 degree horizontal field of view, fy within 2% of fx, off-centre."""
-    height, width = image_size_hw
-    fx = (width / 2.0) / np.tan(np.deg2rad(rng.uniform(40.0, 60.0)) / 2.0)
-    K = np.eye(3)
-    K[0, 0], K[1, 1] = fx, fx * rng.uniform(0.98, 1.02)
-    K[0, 2] = width / 2.0 - 0.5 + rng.uniform(-0.03, 0.03) * width
-    K[1, 2] = height / 2.0 - 0.5 + rng.uniform(-0.03, 0.03) * height
-    return K
-
-
-def hand_held_orbit(
-    obj: SyntheticObject,
-    frames: int,
-    K: np.ndarray,
-    image_size_hw: tuple[int, int],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """World w2c (F, 4, 4) of a CO3D-like capture: 300-360 degrees around, jittered, rolled."""
-    height, width = image_size_hw
-    # The widest view cone about the principal point that stays inside the image: the object's
-    # bounding sphere, seen at 88% of it, is whole in every frame whatever the roll.
-    room = min(K[0, 2] + 0.5, width - 0.5 - K[0, 2]) / K[0, 0]
-    room = min(room, min(K[1, 2] + 0.5, height - 0.5 - K[1, 2]) / K[1, 1])
-    low, high = obj.bounds()
-    radius = np.linalg.norm(high - low) / 2.0  # bounding sphere about the box centre, the origin
-    distance = radius / np.sin(0.88 * np.arctan(room)) * rng.uniform(1.0, 1.15)
-    step, phase = np.arange(frames) / frames, rng.uniform(0.0, 2 * np.pi, 2)
-    sweep = np.deg2rad(rng.uniform(300.0, 360.0))
-    azimuth = rng.uniform(0, 2 * np.pi) + sweep * (step + rng.uniform(-0.25, 0.25, frames) / frames)
-    elevation = rng.uniform(15.0, 35.0) + 6.0 * np.sin(2 * np.pi * step + phase[0])
-    elevation = np.deg2rad(elevation + rng.uniform(-1.5, 1.5, frames))
-    wobble = 0.08 * (0.5 + 0.5 * np.sin(4 * np.pi * step + phase[1]))
-    distances = distance * (1.0 + wobble + rng.uniform(0.0, 0.02, frames))
-    target = torch.from_numpy(rng.uniform(-0.05, 0.05, (frames, 3)) * radius)
-    eye = target + spherical_to_cartesian(
-        *(torch.from_numpy(a) for a in (azimuth, elevation, distances))
-    )
-    w2c = look_at(eye, target, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)).numpy()
-    roll = np.deg2rad(rng.uniform(-6.0, 6.0, frames))
-    cos, sin, zero, one = np.cos(roll), np.sin(roll), np.zeros(frames), np.ones(frames)
-    rotation = np.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], 1).reshape(-1, 3, 3)
-    w2c[:, :3, :] = rotation @ w2c[:, :3, :]  # roll about the optical axis
-    world = normalize_w2c(torch.from_numpy(w2c), torch.from_numpy(obj.object_to_world))
-    return world.numpy()
-
-
-def _to_world(obj: SyntheticObject, points: np.ndarray) -> np.ndarray:
-    return points @ obj.object_to_world[:3, :3].T + obj.object_to_world[:3, 3]
-
-
-def _sample_primitive(prim: Primitive, count: int, rng: np.random.Generator) -> tuple:
-    """Uniform points on a primitive's surface: points (n, 3), outer normals (n, 3), faces (n,)."""
-    rows = np.arange(count)
-    if prim.kind == "box":
-        h = prim.size
-        areas = np.repeat([h[1] * h[2], h[0] * h[2], h[0] * h[1]], 2)
-        faces = rng.choice(6, count, p=areas / areas.sum())
-        normals = np.zeros((count, 3))
-        normals[rows, faces // 2] = np.where(faces % 2 == 0, 1.0, -1.0)
-        local = np.where(normals != 0, normals, rng.uniform(-1.0, 1.0, (count, 3)))
-        return prim.centre + local * h, normals, faces
-    if prim.kind == "cylinder":
-        r, _, h = prim.size
-        areas = np.array([4 * np.pi * r * h, np.pi * r * r, np.pi * r * r])
-        faces = rng.choice(3, count, p=areas / areas.sum())
-        phi = rng.uniform(-np.pi, np.pi, count)
-        rho = np.where(faces == 0, r, r * np.sqrt(rng.uniform(size=count)))
-        z = np.where(faces == 0, rng.uniform(-h, h, count), np.where(faces == 1, h, -h))
-        normals = np.stack([np.cos(phi), np.sin(phi), np.zeros(count)], 1)
-        normals[faces == 1], normals[faces == 2] = (0.0, 0.0, 1.0), (0.0, 0.0, -1.0)
-        return prim.centre + np.stack([rho * np.cos(phi), rho * np.sin(phi), z], 1), normals, faces
-    normals = rng.normal(size=(count, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    return prim.centre + prim.size[0] * normals, normals, np.zeros(count, dtype=int)
-
-
-def _area(prim: Primitive) -> float:
-    """Surface area of a primitive."""
-    a, b, c = prim.size
-    if prim.kind == "box":
-        return 8.0 * (a * b + b * c + a * c)
-    if prim.kind == "cylinder":
-        return 4.0 * np.pi * a * c + 2.0 * np.pi * a * a
-    return 4.0 * np.pi * a * a
-
-
-def surface_points(
-    obj: SyntheticObject, count: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """About ``count`` points on the object's outer surface: world (P, 3), colours (P, 3) uint8."""
-    areas = np.array([_area(p) for p in obj.primitives])
-    counts = rng.multinomial(count, areas / areas.sum())
-    points, colours = [], []
-    for i, (prim, n) in enumerate(zip(obj.primitives, counts, strict=True)):
-        p, normals, faces = _sample_primitive(prim, n, rng)
-        nudged = p + 1e-4 * normals  # a point just outside the surface is inside no other part
-        hidden = np.zeros(n, dtype=bool)
-        for j, other in enumerate(obj.primitives):
-            if j != i:
-                hidden |= inside(other, nudged)
-        points.append(p[~hidden])
-        colours.append(albedo(obj, prim, p[~hidden], faces[~hidden]))
-    colours = np.round(np.clip(np.concatenate(colours), 0.0, 1.0) * 255.0).astype(np.uint8)
-    return _to_world(obj, np.concatenate(points)), colours
-
-
-def object_keypoints(obj: SyntheticObject) -> dict[str, np.ndarray]:
-    """World key points: tight box corners (8, 3), its centre (3,), surface points (14, 3).
-
-    The centre is inside the object (every object is stacked on its z axis); the surface points
-    are the first hits of rays shot at the centre along the 6 axes and 8 diagonals.
-    """
-    low, high = obj.bounds()
-    centre = (low + high) / 2.0
-    if not any(inside(p, centre[None])[0] for p in obj.primitives):
-        raise RuntimeError(f"the box centre of a synthetic {obj.category} is outside it")
-    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1])
-                        for z in (low[2], high[2])])  # fmt: skip
-    diagonals = corners - centre
-    directions = np.concatenate(
-        [np.eye(3), -np.eye(3), diagonals / np.linalg.norm(diagonals, axis=1, keepdims=True)]
-    )
-    origins = centre + 4.0 * np.linalg.norm(high - low) * directions
-    t, _, _, _ = trace(obj, origins, -directions)
-    surface = origins - t[:, None] * directions
-    return {
-        "box_corners_world": _to_world(obj, corners),
-        "centre_world": _to_world(obj, centre[None])[0],
-        "surface_keypoints_world": _to_world(obj, surface),
-    }
-
-
-# The CO3Dv2 layout ---------------------------------------------------------------------------
 
 
 def _sequence_sets(count: int) -> list[str]:

@@ -54,12 +54,12 @@ def _shapes(category: str, rng: np.random.Generator) -> tuple[list[Primitive], s
     p1, p2 = _palette(rng), _palette(rng)
     names = [_colour_name(c) for c in p1] + [_colour_name(c) for c in p2]
 
-    def prim(kind: str, z: float, size: tuple, palette: np.ndarray) -> Primitive:
+    def prim(kind: str, z: float, size: tuple | np.ndarray, palette: np.ndarray) -> Primitive:
         return Primitive(kind, np.array([0.0, 0.0, z]), np.array(size, dtype=float), palette)
 
     if category == "box":
-        h = rng.uniform(0.3, 0.7, 3)
-        return [prim("box", h[2], h, p1)], f"a {names[0]} and {names[1]} striped box"
+        half = rng.uniform(0.3, 0.7, 3)  # half-extents (3,)
+        return [prim("box", half[2], half, p1)], f"a {names[0]} and {names[1]} striped box"
     if category == "can":
         r, h = rng.uniform(0.3, 0.5), rng.uniform(0.4, 0.75)
         caption = f"a {names[0]} to {names[1]} can with a {names[4]} stripe"
@@ -70,9 +70,9 @@ def _shapes(category: str, rng: np.random.Generator) -> tuple[list[Primitive], s
     if category != "composite":
         raise ValueError(f"unknown synthetic category {category!r}; expected one of {CATEGORIES}")
     if rng.uniform() < 0.5:  # a box with a ball on top, both centred on the z axis
-        h = rng.uniform(0.3, 0.55, 3)
-        r = rng.uniform(0.2, min(h[0], h[1]))
-        shapes = [prim("box", h[2], h, p1), prim("sphere", 2 * h[2] + r, (r, r, r), p2)]
+        half = rng.uniform(0.3, 0.55, 3)  # the box's half-extents (3,)
+        r = rng.uniform(0.2, min(half[0], half[1]))
+        shapes = [prim("box", half[2], half, p1), prim("sphere", 2 * half[2] + r, (r, r, r), p2)]
         return shapes, f"a striped {names[0]} box with a {names[6]} ball on top"
     slab = (rng.uniform(0.5, 0.8), rng.uniform(0.5, 0.8), rng.uniform(0.06, 0.14))
     r, h = rng.uniform(0.2, 0.4), rng.uniform(0.3, 0.55)

@@ -1,6 +1,7 @@
 """3D Gaussian scenes: parameters and PLY, a differentiable renderer, fitting, turntables."""
 
-from viewdiff.scene.fit import FitConfig, FitResult, GaussianFitter, PosedViews, fit
+from viewdiff.scene.fit import FitConfig, FitResult, PosedViews, fit
+from viewdiff.scene.fitter import GaussianFitter
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.render import RenderOutput, render
 from viewdiff.scene.turntable import render_turntable, save_turntable

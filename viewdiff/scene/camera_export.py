@@ -6,9 +6,10 @@ Axes. Our w2c is OpenCV's (camera x right, y down, z forward), which is also COL
 backwards), so c2w_gl = inverse(w2c) @ diag(1, -1, -1, 1). Both tools see the world as given:
 our normalised scene is +z up, as nerfstudio's world space is.
 
-Pixels. Our K puts the centre of pixel (column i, row j) at (i, j) (``viewdiff.cameras``). The
-three tools put it at (i + 0.5, j + 0.5), the image's corner at (0, 0), so their principal point
-is ours + 0.5 and focal lengths are unchanged. What we checked in their code:
+Pixels. Our K puts the centre of pixel (column i, row j) at (i, j)
+(``viewdiff.cameras.conventions``). The three tools put it at (i + 0.5, j + 0.5), the image's corner
+at (0, 0), so their principal point is ours + 0.5 and focal lengths are unchanged. What we checked
+in their code:
 
 - nerfstudio: ``Cameras.get_image_coords(pixel_offset=0.5)`` adds 0.5 to the pixel indices
   before ``(x - cx) / fx`` in ``_generate_rays_from_coords``
@@ -32,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import invert_rigid
+from viewdiff.cameras.conventions import invert_rigid
 
 PIXEL_CENTRE_OFFSET = 0.5
 """Add to our principal point to get theirs: pixel (0, 0)'s centre is (0.5, 0.5) there."""

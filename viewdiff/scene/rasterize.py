@@ -13,7 +13,7 @@ images match the CUDA rasterisers (gsplat, the original) up to float rounding:
    T_i = prod_{j<i} (1 - alpha_j), and a pixel stops before the Gaussian that would bring T
    below 1e-4.
 
-Pixel coordinates follow viewdiff.cameras (the centre of pixel (i, j) is at (i, j)). The
+Pixel coordinates follow viewdiff.cameras.conventions (the centre of pixel (i, j) is at (i, j)). The
 footprint of a Gaussian is cut where alpha drops below 1/255, not at the 3-sigma box, so the
 image does not depend on the tile size. The tiles walk their lists together, a segment of
 Gaussians per step, and drop out once all their pixels have stopped: on CPU that early exit is

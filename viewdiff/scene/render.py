@@ -1,8 +1,8 @@
 """Render a Gaussian scene into one OpenCV camera: PyTorch everywhere, gsplat on CUDA.
 
-Both backends take our cameras (viewdiff.cameras: K in pixels with pixel centres at integer
-coordinates, w2c world-to-camera, x right / y down / z forward) and give the same outputs; the
-half-pixel shift to gsplat's corner-anchored pixels happens at its boundary, here.
+Both backends take our cameras (viewdiff.cameras.conventions: K in pixels with pixel centres at
+integer coordinates, w2c world-to-camera, x right / y down / z forward) and give the same outputs;
+the half-pixel shift to gsplat's corner-anchored pixels happens at its boundary, here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers
+from viewdiff.cameras.conventions import camera_centers
 from viewdiff.scene.gaussians import GaussianScene
 from viewdiff.scene.rasterize import project_gaussians, rasterize
 from viewdiff.scene.sh import eval_sh

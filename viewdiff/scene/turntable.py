@@ -1,9 +1,9 @@
 """Turntables: a scene rendered all around its vertical axis, as PNG frames, GIF and MP4.
 
-The cameras are viewdiff.cameras.orbit's (a circle around +z, the normalised scenes' up) with a
-centred pinhole of the given field of view; they are written to cameras.json beside the frames.
-MP4 needs the ``imageio-ffmpeg`` package (its wheel ships an ffmpeg binary); without it only
-the GIF is written, and the command says so.
+The cameras are viewdiff.cameras.orbits.orbit's (a circle around +z, the normalised scenes' up) with
+a centred pinhole of the given field of view; they are written to cameras.json beside the frames.
+MP4 needs the ``imageio-ffmpeg`` package (its wheel ships an ffmpeg binary); without it only the GIF
+is written, and the command says so.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import write_cameras
+from viewdiff.cameras.cameras_json import write_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.scene.gaussians import GaussianScene
 from viewdiff.scene.render import Backend, render
 

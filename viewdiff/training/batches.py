@@ -62,16 +62,16 @@ def model_inputs(
         prompts = drop_prompts(rows, dropped.flatten())
         text = encode_prompts(base.text_encoder, base.tokenizer, prompts)  # (B*N, 77, D)
     latents = encode_images(base.vae, images.to(device, non_blocking=True), generator)
-    rows = {
+    cameras = {  # (B*N, ...) each
         key: batch[key].to(device, non_blocking=True).flatten(0, 1)
         for key in ("K", "w2c", "pose_features")
     }
     return ModelInputs(
         latents=latents.float(),
         encoder_hidden_states=text,
-        K=rows["K"],
-        w2c=rows["w2c"],
-        pose_features=rows["pose_features"],
+        K=cameras["K"],
+        w2c=cameras["w2c"],
+        pose_features=cameras["pose_features"],
         n_views=n_views,
         image_size_hw=(height, width),
     )

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from tqdm import tqdm
 
 from viewdiff.config import DataConfig
-from viewdiff.data.stream import SkippedTally, build_loader
+from viewdiff.data.stream import build_loader
+from viewdiff.data.stream_workers import SkippedTally
 
 
 def segment_seed(seed: int, segment: int) -> int:
@@ -65,10 +66,11 @@ class SegmentedBatches:
     def step_batches(self, step: int) -> list[dict]:
         """The G micro-batches of ``step`` (steps must come in order after the first)."""
         segment = step // self.segment_steps
-        if segment != self.segment or step != self.next_step:
-            self._open(segment, step)
+        iterator = self._iterator
+        if iterator is None or segment != self.segment or step != self.next_step:
+            iterator = self._open(segment, step)  # also after close(): reopened where it was
         start = time.perf_counter()
-        batches = [next(self._iterator) for _ in range(self.micro_batches)]
+        batches = [next(iterator) for _ in range(self.micro_batches)]
         self.wait_seconds += time.perf_counter() - start
         for batch in batches:
             self._tally.update(batch)
@@ -85,8 +87,9 @@ class SegmentedBatches:
         """Corrupt samples this rank's loaders skipped for the steps served so far."""
         return self._skipped_closed + self._tally.total - self._tally_offset
 
-    def _open(self, segment: int, step: int) -> None:
-        """Start segment ``segment``'s loader and skip the batches of its steps before ``step``."""
+    def _open(self, segment: int, step: int) -> Iterator[dict]:
+        """Start segment ``segment``'s loader and skip the batches of its steps before ``step``;
+        returns its iterator (also ``self._iterator``)."""
         self.close()
         loader = build_loader(
             self.data,
@@ -95,16 +98,17 @@ class SegmentedBatches:
             rank=self.rank,
             world_size=self.world_size,
         )
-        self._iterator = iter(loader)
+        iterator = self._iterator = iter(loader)
         self._tally = SkippedTally()
         done = (step - segment * self.segment_steps) * self.micro_batches
         skipping = range(done)
         if done and self.show_progress:
             skipping = tqdm(skipping, desc=f"fast-forward data segment {segment}", unit="batch")
         for _ in skipping:
-            self._tally.update(next(self._iterator))
+            self._tally.update(next(iterator))
         self._tally_offset = self._tally.total
         self.segment = segment
+        return iterator
 
     def close(self) -> None:
         """Stop the current loader (its workers), keeping its skipped count."""

@@ -54,13 +54,12 @@ def parameter_groups(model: MultiViewUNet, train: TrainConfig) -> list[dict]:
 def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (train.optimizer: torch's, or bitsandbytes' 8-bit) with the config's betas and
     epsilon over the given groups."""
+    betas, eps = (train.adam_beta1, train.adam_beta2), train.adam_epsilon
     if train.optimizer == "adamw8bit":
         import bitsandbytes  # optional: preflight checked that it is installed
 
-        adamw = bitsandbytes.optim.AdamW8bit
-    else:
-        adamw = torch.optim.AdamW
-    return adamw(groups, betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon)
+        return bitsandbytes.optim.AdamW8bit(groups, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, betas=betas, eps=eps)
 
 
 @functools.lru_cache(maxsize=8)

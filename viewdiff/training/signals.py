@@ -10,7 +10,9 @@ me"); ``train.resume=latest`` continues from it.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -20,13 +22,17 @@ from viewdiff.training.early_signals import STOP_SIGNAL_NAMES
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in STOP_SIGNAL_NAMES if hasattr(signal, name))
 
+# What ``signal.signal`` returns and takes: a function, SIG_DFL / SIG_IGN, or None (a handler
+# installed outside Python).
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
 
 class StopRequest:
     """Records SIGTERM/SIGUSR1 while installed (a context manager restoring the old handlers)."""
 
     def __init__(self) -> None:
         self.received: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, SignalHandler] = {}
 
     def __enter__(self) -> StopRequest:
         for signum in STOP_SIGNALS:

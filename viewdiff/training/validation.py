@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torch import Tensor
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.config import Config, SampleConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.sampling import ddim_scheduler, sample_views
