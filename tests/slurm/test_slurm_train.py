@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from local_slurm import FINAL_STATES, LocalSlurm, wait_for
 
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,8 +25,6 @@ PREEMPTED_EXIT_CODE = 3  # viewdiff.training.signals.PREEMPTED_EXIT_CODE
 TASK_OPTIONS = ["--ntasks-per-node=2", "--cpus-per-task=1", "--job-name=viewdiff-test"]
 JOB_TIMEOUT = 240  # seconds; a run of a few tiny steps takes well under a minute
 SUMMARY = re.compile(r"step (\d+)/(\d+) \|.*\| (\d+) ranks?$", re.MULTILINE)
-# One cluster at a time: `make test`'s workers (pytest-xdist) run this module on one of them.
-pytestmark = pytest.mark.xdist_group("slurm")
 
 
 @pytest.fixture(scope="module")
