@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import cameras_to_json
+from viewdiff.cameras.cameras_json import cameras_to_json
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.scene.gaussians import random_scene, write_gaussian_ply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,20 +166,21 @@ def test_scripts(case, files, capsys):
     assert exit_info.value.code == 2 and message in error, error
 
 
+TOY = "viewdiff.commands.toy"  # python -m viewdiff.toy
 MODULE_CASES = {
     "toy pretrain: no manifest": (
-        "viewdiff.toy", ["pretrain", "--shards", "{dir}", "--heldout", "{dir}", "--out", "{dir}/t"],
+        TOY, ["pretrain", "--shards", "{dir}", "--heldout", "{dir}", "--out", "{dir}/t"],
         "no manifest.json"),
     "toy pretrain: --unet-steps 0": (
-        "viewdiff.toy", ["pretrain", "--shards", "{dir}", "--heldout", "{dir}", "--out", "{dir}/t",
+        TOY, ["pretrain", "--shards", "{dir}", "--heldout", "{dir}", "--out", "{dir}/t",
                          "--unet-steps", "0"], "argument --unet-steps: must be at least 1"),
     "toy ship: no base": (
-        "viewdiff.toy", ["ship", "--base", "{missing}", "--export", "{dir}", "--out", "{dir}/s"],
+        TOY, ["ship", "--base", "{missing}", "--export", "{dir}", "--out", "{dir}/s"],
         "no model_index.json"),
     "toy picture: 17 views": (
-        "viewdiff.toy", ["picture", "--out", "{dir}/p.png", "--views", "17"],
+        TOY, ["picture", "--out", "{dir}/p.png", "--views", "17"],
         "argument --views: must be at most 16"),
-    "tiny: out_dir is a file": ("viewdiff.tiny", ["{file}"], "out_dir"),
+    "tiny: out_dir is a file": ("viewdiff.commands.tiny", ["{file}"], "out_dir"),
 }  # fmt: skip
 
 
@@ -189,9 +190,7 @@ def test_modules(case, files, capsys):
 
     module, argv, message = MODULE_CASES[case]
     names = {k: str(v) for k, v in files.items()}
-    main = importlib.import_module(
-        module if module != "viewdiff.toy" else "viewdiff.commands.toy"
-    ).main
+    main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(**names) for a in argv])
     error = capsys.readouterr().err

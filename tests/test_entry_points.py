@@ -9,8 +9,8 @@ from PIL import Image
 
 import infer
 import train
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import read_cameras
+from viewdiff.cameras.cameras_json import read_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.config import config_from_dict, load_config
 
 

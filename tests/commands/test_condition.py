@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+import viewdiff.commands.generation as generation
 import viewdiff.commands.infer as infer
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 
 
 def picture(path, size=(80, 60), seed=0):
@@ -52,7 +53,7 @@ def test_several_images_come_with_their_cameras_and_errors_come_first(
     torch.testing.assert_close(K_in.float(), intrinsics_from_fov(50.0, 64, 64).expand(2, 3, 3))
     assert len(list((out / "inputs").glob("*.png"))) == 2
 
-    monkeypatch.setattr(infer, "load_export", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(generation, "load_export", lambda *a, **k: pytest.fail("model loaded"))
     for extra, message in [
         ([], "2 input images need their cameras: --cameras FILE"),
         (["--cameras", str(tmp_path / "none.json")], "cameras file not found"),

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import viewdiff.commands.generation as generation
 import viewdiff.commands.infer as infer
 from viewdiff.config import DataConfig, SampleConfig
 from viewdiff.inference import heldout
@@ -66,7 +67,7 @@ def test_generated_views_are_compared_with_the_true_views_at_their_cameras(
 def test_eval_refuses_bad_shards_and_known_counts_before_any_compute(
     tiny_export, heldout_shards, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(infer, "load_export", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(generation, "load_export", lambda *a, **k: pytest.fail("model loaded"))
     argv = ["eval", "--checkpoint", str(tiny_export), "--out", str(tmp_path)]
     for extra, message in [
         (["--shards", str(heldout_shards), "--known", "3"], "--known must be in [0, 3)"),

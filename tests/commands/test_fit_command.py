@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.commands.fit import add_fit_command, fit_settings, held_out_views
 from viewdiff.inference.outputs import save_generation
 from viewdiff.inference.trajectory import Trajectory

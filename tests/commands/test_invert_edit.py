@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 import infer
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import write_cameras
+from viewdiff.cameras.cameras_json import write_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+import viewdiff.commands.generation as generation
 import viewdiff.commands.infer as infer
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.scene.turntable import mp4_available
 
 FAST = ["--steps", "2"]
@@ -97,7 +98,7 @@ def no_compute(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(infer, "load_export", refuse)
+    monkeypatch.setattr(generation, "load_export", refuse)
 
 
 def run_failing(argv, capsys) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.editing.editing_model import denoiser, load_editing_model
 from viewdiff.editing.inversion import (
     ddpm_grid,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from viewdiff.cameras import intensity_stats
+from viewdiff.cameras.pose_features import intensity_stats
 from viewdiff.config import SampleConfig
 from viewdiff.inference.autoregressive import check_sample_config, generate_views
 from viewdiff.inference.trajectory import default_input_camera, orbit_trajectory

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from viewdiff.cameras import camera_centers, intrinsics_from_fov, orbit, project
-from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.conventions import camera_centers, project
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.inference.inputs import load_given_views, load_single_view
 from viewdiff.inference.outputs import object_folder_name, read_prompts, save_generation
 from viewdiff.inference.trajectory import (

@@ -6,7 +6,8 @@ import typing
 import pytest
 import torch
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.config import SampleConfig
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.prior.call import ViewConditions, encode_prompts

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, PNDMScheduler
 from PIL import Image
 
 import infer
-from viewdiff.cameras import orbit
+from viewdiff.cameras.orbits import orbit
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.pipeline import MultiViewPipeline
 from viewdiff.inference.trajectory import orbit_trajectory

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
-from viewdiff.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.cameras_json import read_cameras, write_cameras
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.commands.options import (
+    add_out_argument,
     field_of_view,
     finite_float,
     pixel_size,
@@ -24,7 +25,7 @@ from viewdiff.visualize import draw_box_views, image_grid
 def add_cameras_command(commands: argparse._SubParsersAction) -> None:
     """``infer.py cameras``: a trajectory's cameras.json and a picture of what each view sees."""
     parser = commands.add_parser("cameras", help="write/check a camera trajectory and draw it")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out_argument(parser)
     parser.add_argument("--cameras", type=Path, help="check this cameras.json instead of an orbit")
     parser.add_argument("--views", type=view_count, default=8, help="views on the orbit")
     parser.add_argument(

@@ -19,6 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
+from viewdiff.commands.options import (
+    add_out_argument,
+)
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.read_generation import GenerationViews, read_generation_views
 from viewdiff.output_folders import check_output_folder
@@ -42,7 +45,7 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
         "--views", type=Path, required=True, metavar="DIR", help="generation folder"
     )
     parser.add_argument("--format", choices=FORMATS, required=True, help="the tool to feed")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add_out_argument(parser, metavar="DIR")
     parser.set_defaults(run=run_export)
 
 

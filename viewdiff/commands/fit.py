@@ -16,13 +16,23 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
 
-from viewdiff.cameras import camera_centers, cartesian_to_spherical
-from viewdiff.commands.options import int_in, nonnegative_int, positive_int, unit_float, view_count
+from viewdiff.cameras.conventions import camera_centers
+from viewdiff.cameras.orbits import cartesian_to_spherical
+from viewdiff.commands.options import (
+    add_device_argument,
+    add_out_argument,
+    add_seed_argument,
+    int_in,
+    nonnegative_int,
+    positive_int,
+    unit_float,
+    view_count,
+)
 from viewdiff.inference.inputs import read_image
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.read_generation import GenerationViews, read_generation_views
@@ -30,6 +40,7 @@ from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.load import chosen_device
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, write_gaussian_ply
+from viewdiff.scene.render import Backend
 from viewdiff.scene.turntable import render_turntable, save_turntable
 
 INIT_RADIUS = 1.0
@@ -48,7 +59,7 @@ def add_fit_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--views", type=Path, required=True, metavar="DIR", help="generation folder"
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add_out_argument(parser, metavar="DIR")
     parser.add_argument(
         "--iterations",
         type=positive_int,
@@ -64,10 +75,8 @@ def add_fit_command(commands: argparse._SubParsersAction) -> None:
         default=FitConfig.sh_degree,
         help="SH degree, 0-3 (%(default)s)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the scene and view order (%(default)s)"
-    )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_seed_argument(parser, help="seed of the scene and view order (%(default)s)")
+    add_device_argument(parser)
     parser.add_argument(
         "--held-out",
         type=nonnegative_int,
@@ -134,7 +143,16 @@ def posed_views(views: GenerationViews, indices: list[int]) -> PosedViews:
     return PosedViews(pixels, views.K[indices].float(), views.w2c[indices].float())
 
 
-def turntable_orbit(views: GenerationViews) -> dict[str, float]:
+class Orbit(TypedDict):
+    """Where a turntable's cameras circle, and its image size."""
+
+    elevation_deg: float
+    radius: float
+    fov_deg: float
+    size: int
+
+
+def turntable_orbit(views: GenerationViews) -> Orbit:
     """Elevation (degrees), radius and horizontal field of view (degrees) of the generation's
     cameras, averaged: the turntable circles the object where the views were seen from."""
     spherical = cartesian_to_spherical(camera_centers(views.w2c.double()))
@@ -188,9 +206,10 @@ def run_fit(args: argparse.Namespace) -> None:
     # The outputs.
     write_gaussian_ply(args.out / "scene.ply", result.scene)
     orbit = turntable_orbit(views)
+    backend = cast(Backend, config.backend)  # fit() rendered with it: resolve_backend checked it
     turntable = render_turntable(
         result.scene, args.turntable_views, orbit["elevation_deg"], orbit["radius"],
-        orbit["size"], orbit["fov_deg"], tuple(args.background), config.backend,
+        orbit["size"], orbit["fov_deg"], tuple(args.background), backend,
     )  # fmt: skip
     save_turntable(args.out, turntable, fps=20.0)
     train = psnr_table(views, fitted, result.train_psnr)

@@ -7,13 +7,16 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from viewdiff.commands.options import (
-    BASE_HELP,
+    DTYPES,
     MAX_VIEWS,
+    add_base_argument,
+    add_checkpoint_argument,
+    add_device_argument,
+    add_dtype_argument,
+    add_out_argument,
+    add_seed_argument,
     denoising_steps,
-    existing_folder,
     field_of_view,
     finite_float,
     int_in,
@@ -37,16 +40,12 @@ from viewdiff.prior.load import (
 )
 from viewdiff.sampling import SCHEDULERS
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of every command that generates: the export, the sampler, device and output."""
-    parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="inference export (<output_dir>/model)"
-    )
-    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_checkpoint_argument(parser)
+    add_base_argument(parser)
+    add_out_argument(parser)
     sampler = parser.add_argument_group("sampler (defaults: the export's sample.* config)")
     sampler.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (unipc)")
     sampler.add_argument("--steps", type=denoising_steps, help="denoising steps (10)")
@@ -61,9 +60,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-conditions", type=int_in(0, MAX_VIEWS), help="views given clean per batch (20)"
     )
     sampler.add_argument("--intensity-stats", choices=("zero", "known"), help="(zero)")
-    sampler.add_argument("--seed", type=int, help="seed of the noise (0); prompt i: seed + i")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model dtype")
+    add_seed_argument(sampler, None, "seed of the noise (0); prompt i: seed + i")
+    add_device_argument(parser)
+    add_dtype_argument(parser)
     parser.add_argument(
         "--fps", type=positive_float, default=10.0, help="frames per second of GIF/MP4"
     )

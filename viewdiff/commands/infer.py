@@ -26,11 +26,12 @@ from collections.abc import Callable
 
 from viewdiff.commands.cameras import add_cameras_command
 from viewdiff.commands.condition import add_condition_command
-from viewdiff.commands.edit import add_edit_command, add_invert_command
+from viewdiff.commands.edit import add_edit_command
 from viewdiff.commands.edit_scene import add_edit_scene_command
 from viewdiff.commands.evaluate import add_eval_command
 from viewdiff.commands.export import add_export_command
 from viewdiff.commands.fit import add_fit_command
+from viewdiff.commands.invert import add_invert_command
 from viewdiff.commands.push import add_push_command
 from viewdiff.commands.render import add_render_command
 from viewdiff.commands.sample import add_sample_command
@@ -53,14 +54,20 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run one command."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``infer.py`` with every subcommand."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     for add_command in COMMANDS:
         add_command(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)

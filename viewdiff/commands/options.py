@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from viewdiff.config import Config, load_config
 from viewdiff.strict_config import ConfigError, describe_fields
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""``--dtype`` of the commands that run the prior."""
 
 MAX_VIEWS = 1000
 """More views than this in one command is a typo (0.36 degrees apart on an orbit)."""
@@ -18,6 +24,9 @@ MAX_DENOISING_STEPS = 1000
 """Stable Diffusion's training timesteps: a sampler cannot take more steps than that."""
 MAX_IMAGE_SIZE = 4096
 """Pixels on a side; a generated image of 4096 px is a 512 x 512 latent, already past SD's."""
+
+ArgumentContainer = argparse._ActionsContainer
+"""What ``add_argument`` is called on: a parser or one of its argument groups."""
 
 
 def _whole_number(text: str) -> int:
@@ -143,3 +152,53 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         return load_config(args.config, args.overrides)
     except ConfigError as error:
         parser.error(str(error))
+
+
+# The options every command that reads an export, writes a folder or draws noise shares: one
+# spelling, one type, one help text each.
+
+DEVICE_HELP = "torch device (default: cuda if present)"
+EXPORT_HELP = "inference export (<output_dir>/model)"
+
+
+def add_checkpoint_argument(
+    parser: ArgumentContainer, help: str = EXPORT_HELP, **kwargs: Any
+) -> None:
+    """``--checkpoint PATH`` (also spelled ``--export``): the inference export a command reads;
+    required unless ``kwargs`` give a default."""
+    kwargs.setdefault("required", "default" not in kwargs)
+    parser.add_argument(
+        "--checkpoint", "--export", dest="checkpoint", type=Path, help=help, **kwargs
+    )
+
+
+def add_base_argument(parser: ArgumentContainer, help: str = BASE_HELP) -> None:
+    """``--base DIR``: the export's base pipeline, where it is neither beside it nor found."""
+    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=help)
+
+
+def add_out_argument(parser: ArgumentContainer, help: str = "output folder", **kwargs: Any) -> None:
+    """``--out PATH``: where a command writes (checked with ``check_output_folder``)."""
+    kwargs.setdefault("required", "default" not in kwargs)
+    parser.add_argument("--out", type=Path, help=help, **kwargs)
+
+
+def add_device_argument(parser: ArgumentContainer) -> None:
+    """``--device``: the torch device (``viewdiff.prior.load.chosen_device``)."""
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
+
+
+def add_dtype_argument(
+    parser: ArgumentContainer,
+    dtypes: Mapping[str, torch.dtype] = DTYPES,
+    help: str = "model dtype",
+) -> None:
+    """``--dtype``: one of ``dtypes`` by name (default fp32)."""
+    parser.add_argument("--dtype", choices=list(dtypes), default="fp32", help=help)
+
+
+def add_seed_argument(
+    parser: ArgumentContainer, default: int | None = 0, help: str | None = None
+) -> None:
+    """``--seed N``: the seed of the run's random draws."""
+    parser.add_argument("--seed", type=int, default=default, help=help)

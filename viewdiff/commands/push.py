@@ -15,7 +15,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from viewdiff.commands.options import BASE_HELP, existing_folder
+from viewdiff.commands.options import (
+    add_base_argument,
+    add_checkpoint_argument,
+)
 from viewdiff.inference.hub import push, read_metrics, stage
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.load import read_export
@@ -42,14 +45,14 @@ def add_push_command(commands: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--export", type=Path, required=True, help="inference export folder")
+    add_checkpoint_argument(parser)
     parser.add_argument("--repo-id", type=check_repo_id, required=True, help=REPO_ID_HELP)
     parser.add_argument("--metrics", type=Path, help="eval.json of infer.py eval, for the card")
     parser.add_argument(
         "--self-contained", action="store_true", help="upload the base pipeline's parts too"
     )
     parser.add_argument("--private", action="store_true", help="a private repository")
-    parser.add_argument("--base", type=existing_folder, help=BASE_HELP)
+    add_base_argument(parser)
     parser.add_argument(
         "--dry-run", type=Path, metavar="DIR", help="write what would be uploaded into DIR"
     )
@@ -63,11 +66,12 @@ def run_push(args: argparse.Namespace) -> None:
         if args.dry_run.exists() and any(args.dry_run.iterdir()):
             raise ValueError(f"--dry-run {args.dry_run}: not empty")
     metrics = read_metrics(args.metrics) if args.metrics is not None else None
-    info = read_export(args.export, args.base)  # every input checked before anything is written
+    info = read_export(args.checkpoint, args.base)  # every input checked before anything is written
     if Path(info.pretrained_model).is_dir() and not args.self_contained:
         raise ValueError(
-            f"--export {args.export}: its base {info.pretrained_model} is a local folder, which "
-            "nobody who downloads the export has: add --self-contained to upload it too"
+            f"--export {args.checkpoint}: its base {info.pretrained_model} "
+            "is a local folder, which nobody who downloads the export has: "
+            "add --self-contained to upload it too"
         )
     if args.dry_run is not None:
         if args.dry_run.exists():
@@ -79,4 +83,4 @@ def run_push(args: argparse.Namespace) -> None:
         folder = Path(scratch) / "upload"
         stage(info, folder, args.repo_id, metrics, args.self_contained, args.base)
         url = push(folder, args.repo_id, args.private)
-    print(f"pushed {args.export} to {url}")
+    print(f"pushed {args.checkpoint} to {url}")

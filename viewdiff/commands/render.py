@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 
 from viewdiff.commands.options import (
+    add_device_argument,
+    add_out_argument,
     field_of_view,
     finite_float,
     pixel_size,
@@ -26,7 +28,7 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
     """``infer.py render``: a turntable of a Gaussian scene, with the cameras it used."""
     parser = commands.add_parser("render", help="render a 3DGS PLY scene around an orbit")
     parser.add_argument("--scene", type=Path, required=True, help="3D Gaussian splatting PLY")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_out_argument(parser)
     parser.add_argument("--views", type=view_count, default=60, help="frames on the orbit")
     parser.add_argument(
         "--elevation", type=finite_float, default=30.0, help="degrees above the object"
@@ -39,7 +41,7 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
         "--fov", type=field_of_view, default=48.0, help="horizontal field of view, degrees"
     )
     parser.add_argument("--backend", choices=("auto", "torch", "gsplat"), default="auto")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    add_device_argument(parser)
     parser.add_argument(
         "--background",
         type=unit_float,

@@ -4,9 +4,12 @@ an export and its base pipeline in one folder (``viewdiff.prior.self_contained``
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from viewdiff.commands.options import BASE_HELP, existing_folder
+from viewdiff.commands.options import (
+    add_base_argument,
+    add_checkpoint_argument,
+    add_out_argument,
+)
 from viewdiff.prior.self_contained import write_self_contained
 
 
@@ -16,15 +19,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m viewdiff.commands.self_contained",
         description="Write an inference export and its base pipeline into one folder.",
     )
-    parser.add_argument("--export", type=Path, required=True, help="inference export")
-    parser.add_argument("--out", type=Path, required=True, help="the new folder")
-    parser.add_argument("--base", type=existing_folder, metavar="DIR", help=BASE_HELP)
+    add_checkpoint_argument(parser)
+    add_out_argument(parser, "the new folder")
+    add_base_argument(parser)
     args = parser.parse_args(argv)
     try:
-        out = write_self_contained(args.export, args.out, args.base)
+        out = write_self_contained(args.checkpoint, args.out, args.base)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"{args.export} and its base -> {out}/ (MultiViewPipeline.from_pretrained, --checkpoint)")
+    where = "MultiViewPipeline.from_pretrained, --checkpoint"
+    print(f"{args.checkpoint} and its base -> {out}/ ({where})")
     return 0
 
 

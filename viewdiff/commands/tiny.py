@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from viewdiff.commands.options import (
+    add_seed_argument,
+)
 from viewdiff.output_folders import check_output_folder
 from viewdiff.tiny.pipelines import SIZES, build_tiny_pipeline, count_params
 
@@ -18,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out_dir", type=Path, help="folder to write the pipeline to")
     parser.add_argument("--size", choices=SIZES, default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_argument(parser)
     args = parser.parse_args(argv)
     try:
         check_output_folder(args.out_dir, "out_dir")

@@ -10,7 +10,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from viewdiff.commands.options import int_in, positive_int
+from viewdiff.commands.options import (
+    add_checkpoint_argument,
+    add_out_argument,
+    add_seed_argument,
+    int_in,
+    positive_int,
+)
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.base_record import BASE_MODEL_FILE
 from viewdiff.prior.load import load_export
@@ -30,8 +36,8 @@ def add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("pretrain", help="pretrain the toy Stable Diffusion from scratch")
     parser.add_argument("--shards", type=Path, required=True, help="toy training shard folder")
     parser.add_argument("--heldout", type=Path, required=True, help="held-out toy shard folder")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if present)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_out_argument(parser, "run folder (resumed if present)")
+    add_seed_argument(parser)
     parser.add_argument("--vae-steps", type=positive_int, default=VaeTraining.steps)
     parser.add_argument("--vae-batch-size", type=positive_int, default=VaeTraining.batch_size)
     parser.add_argument("--unet-steps", type=positive_int, default=UNetTraining.steps)
@@ -67,8 +73,8 @@ def add_ship_command(commands: argparse._SubParsersAction) -> None:
     """``ship``: the base and the multi-view export into the package's assets, in fp16."""
     parser = commands.add_parser("ship", help="copy the toy base and prior into the package")
     parser.add_argument("--base", type=Path, required=True, help="pretrained SD folder (DIR/sd)")
-    parser.add_argument("--export", type=Path, required=True, help="train.py's RUN/model export")
-    parser.add_argument("--out", type=Path, default=TOY_ASSETS, help="(viewdiff/assets/toy)")
+    add_checkpoint_argument(parser, "train.py's RUN/model export")
+    add_out_argument(parser, "(viewdiff/assets/toy)", default=TOY_ASSETS)
     parser.set_defaults(run=run_ship)
 
 
@@ -79,11 +85,11 @@ def run_ship(args: argparse.Namespace) -> int:
     provenance = {
         "made_by": "make toy (see the README)",
         "pretrain": json.loads(report.read_text()) if report.is_file() else None,
-        "multiview": json.loads((args.export / BASE_MODEL_FILE).read_text())
-        if (args.export / BASE_MODEL_FILE).is_file()
+        "multiview": json.loads((args.checkpoint / BASE_MODEL_FILE).read_text())
+        if (args.checkpoint / BASE_MODEL_FILE).is_file()
         else None,
     }
-    size = ship_toy(args.base, args.export, args.out, provenance)
+    size = ship_toy(args.base, args.checkpoint, args.out, provenance)
     print(f"shipped the toy world to {args.out} ({size:.1f} MB)")
     return 0
 
@@ -91,8 +97,8 @@ def run_ship(args: argparse.Namespace) -> int:
 def add_picture_command(commands: argparse._SubParsersAction) -> None:
     """``picture``: one grid of the prior's joint views, a row per prompt (the README's)."""
     parser = commands.add_parser("picture", help="a grid of the toy prior's joint views")
-    parser.add_argument("--checkpoint", type=Path, default=TOY_MULTIVIEW, help="(the shipped)")
-    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    add_checkpoint_argument(parser, "(the shipped)", default=TOY_MULTIVIEW)
+    add_out_argument(parser, "PNG file to write")
     parser.add_argument("--prompts", nargs="+", default=PICTURE_PROMPTS, help="one row each")
     parser.add_argument(
         "--views", type=int_in(1, 16), default=8, help="views on the default orbit (1 .. 16)"
@@ -100,7 +106,7 @@ def add_picture_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scale", type=int_in(1, 16), default=2, help="pixel repetition of the picture"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_argument(parser)
     parser.set_defaults(run=run_picture)
 
 

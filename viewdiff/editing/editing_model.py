@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from viewdiff.cameras import pose_features
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.editing.inversion import Denoiser
 from viewdiff.inference.trajectory import Trajectory
+from viewdiff.model import MultiViewUNet
 from viewdiff.model.persistence import CONFIG_FILE
 from viewdiff.prior.call import ViewConditions, encode_prompts, guided_prediction, prior_predictions
 from viewdiff.prior.load import load_export, read_export
@@ -30,7 +31,7 @@ class EditingModel:
     """A denoiser with its VAE and text encoder: ``kind`` multiview (an export) or sd."""
 
     kind: str
-    model: nn.Module  # MultiViewUNet (multiview) or UNet2DConditionModel (sd)
+    model: MultiViewUNet | UNet2DConditionModel  # multiview | sd
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
