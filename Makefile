@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 # thread per core (times the test's worker processes) oversubscribes it: 100x slower steps seen.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: test demo toy lint format clean-demo clean-toy
+.PHONY: test demo toy lint typecheck format clean-demo clean-toy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,14 +32,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The annotations of viewdiff/ checked (mypy; settings in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 # The suite's tests are single-threaded and independent (their own temp folders, free ports), so
 # they run on TEST_WORKERS processes (pytest-xdist): on the 2-core CI machine 5.2 instead of 8.5
-# minutes. The Slurm tests share one local cluster and stay on one worker (their xdist_group);
-# each worker builds its own session fixtures. TEST_WORKERS=0 runs the suite in this one process.
+# minutes. Each test file runs on one worker (--dist loadfile: the Slurm module's tests share its
+# cluster; `loadgroup` no longer groups under pytest 9.2 with pytest-xdist 3.8, whose group suffix
+# pytest ignores), and a lock lets one local Slurm cluster run at a time. Each worker builds its
+# own session fixtures. TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
 
-test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+test: lint typecheck
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 format: $(STAMP)
 	$(BIN)/ruff format .

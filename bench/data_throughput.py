@@ -22,7 +22,8 @@ from pathlib import Path
 
 from viewdiff.commands.options import nonnegative_int, positive_int
 from viewdiff.config import DataConfig
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 from viewdiff.data.stream import build_loader
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.data.synthetic_objects import CATEGORIES

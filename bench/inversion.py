@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from json_records import JsonRecords, add_json_option  # noqa: E402
 from random_prior import random_export  # noqa: E402
 
-from viewdiff.cameras import intrinsics_from_fov, orbit  # noqa: E402
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit  # noqa: E402
 from viewdiff.commands.options import nonnegative_int, positive_int
 from viewdiff.editing.editing_model import denoiser, load_editing_model  # noqa: E402
 from viewdiff.editing.inversion import generate, invert  # noqa: E402

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.commands.options import positive_int
 from viewdiff.config import ModelConfig
 from viewdiff.model import MultiViewUNet

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pixel_rays, project
+from viewdiff.cameras.conventions import pixel_rays, project
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.commands.options import positive_int
 from viewdiff.model.aggregate import IBRNetAggregator
 from viewdiff.model.projection import ProjectionLayer, aggregate_views

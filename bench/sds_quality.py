@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import infer  # noqa: E402
-from viewdiff.cameras_json import write_cameras  # noqa: E402
+from viewdiff.cameras.cameras_json import write_cameras  # noqa: E402
 from viewdiff.commands.options import positive_int
 from viewdiff.scene.gaussians import read_gaussian_ply  # noqa: E402
 from viewdiff.scene.losses import psnr  # noqa: E402

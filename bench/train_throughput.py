@@ -38,7 +38,8 @@ from transformers import CLIPTextConfig, CLIPTokenizer
 
 from viewdiff.commands.options import nonnegative_float, nonnegative_int, positive_int
 from viewdiff.config import Config, load_config
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.tiny import (

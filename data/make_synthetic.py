@@ -19,7 +19,8 @@ import argparse
 import sys
 
 from viewdiff.commands.options import int_in, positive_int
-from viewdiff.data.co3d import list_subsets, read_category
+from viewdiff.data.co3d import read_category
+from viewdiff.data.co3d_set_lists import list_subsets
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.data.synthetic_objects import STYLES
 from viewdiff.output_folders import check_output_folder

@@ -15,8 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from viewdiff.data.co3d import FRAME_ANNOTATIONS, Co3dFormatError, list_categories
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.co3d import FRAME_ANNOTATIONS, list_categories
+from viewdiff.data.co3d_annotations import Co3dFormatError
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,10 +17,10 @@ import torch
 from PIL import Image, ImageChops, ImageDraw
 from torch import Tensor
 
-from viewdiff.cameras import resize_intrinsics
+from viewdiff.cameras.conventions import resize_intrinsics
 from viewdiff.commands.options import pixel_size, positive_int, view_count
 from viewdiff.config import DataConfig
-from viewdiff.data.shards import read_manifest
+from viewdiff.data.shard_manifest import read_manifest
 from viewdiff.data.stream import build_loader
 from viewdiff.visualize import draw_box_views, image_grid, to_pil
 

@@ -104,7 +104,8 @@ def recorder() -> type[Recorder]:
 @pytest.fixture(scope="session")
 def heldout_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two held-out synthetic objects (a box and a ball), 6 views each, 64 px shards."""
-    from viewdiff.data.shards import ShardOptions, write_shards
+    from viewdiff.data.shard_plan import ShardOptions
+    from viewdiff.data.shards import write_shards
     from viewdiff.data.synthetic import make_synthetic_dataset
 
     out = tmp_path_factory.mktemp("heldout")

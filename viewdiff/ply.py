@@ -61,13 +61,14 @@ def read_ply(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     with path.open("rb") as stream:
         fmt, count, properties = _read_header(stream, path)
-        if _FORMATS[fmt] is None:
+        byte_order = _FORMATS[fmt]
+        if byte_order is None:  # ascii
             rows = [stream.readline().split() for _ in range(count)]
             if any(len(row) < len(properties) for row in rows):
                 raise ValueError(f"{path}: truncated ASCII vertex data")
             table = np.array(rows, dtype=np.float64).reshape(count, -1)
             return {n: table[:, i].astype(k) for i, (n, k) in enumerate(properties)}
-        dtype = np.dtype([(name, _FORMATS[fmt] + kind) for name, kind in properties])
+        dtype = np.dtype([(name, byte_order + kind) for name, kind in properties])
         data = stream.read(dtype.itemsize * count)
     if len(data) < dtype.itemsize * count:
         raise ValueError(f"{path}: truncated PLY: expected {count} vertices")

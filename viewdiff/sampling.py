@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from viewdiff.cameras import pose_features
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.prior.call import (
     ViewConditions,
     decode_latents,
@@ -45,9 +45,12 @@ from viewdiff.prior.call import (
     prior_predictions,
 )
 
+SchedulerName = Literal["unipc", "ddim", "ddpm", "dpmsolver", "euler"]
+"""``sample.scheduler``'s names (SampleConfig's Literal; a test keeps the two equal)."""
+
 # Samplers by name (``sample.scheduler``). UniPC (Zhao et al. 2023) with 10 steps is the
 # reference's test sampler; DDIM (Song et al. 2021) draws the validation grids.
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+SCHEDULERS: dict[SchedulerName, type[SchedulerMixin]] = {
     "unipc": UniPCMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
@@ -57,7 +60,9 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 Generators = torch.Generator | Sequence[torch.Generator]
 
 
-def inference_scheduler(name: str, noise_scheduler_config: dict[str, Any]) -> SchedulerMixin:
+def inference_scheduler(
+    name: SchedulerName, noise_scheduler_config: dict[str, Any]
+) -> SchedulerMixin:
     """The sampler ``name`` of ``SCHEDULERS`` on the training noise schedule.
 
     With zero terminal SNR and epsilon prediction, t = T-1 carries no signal to predict x_0
@@ -130,7 +135,7 @@ def denoise_views(
     device = c.K.device
     if (known is None) != (clean is None):
         raise ValueError("views given clean need both `known` and their `clean` latents")
-    if known is None:
+    if known is None or clean is None:  # both None (checked above): no view given
         known, clean = torch.zeros(n_objects, n_views, dtype=torch.bool), torch.zeros_like(noise)
     known = known.to(device).flatten()  # (B*N,)
     given, clean = known[:, None, None, None], flatten_views(clean).to(device, torch.float32)

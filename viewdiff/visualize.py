@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from viewdiff.cameras import project
+from viewdiff.cameras.conventions import project
 
 # Edges of the normalised object box [-1, 1]^3, coloured by the world axis they run along.
 _AXIS_COLOURS = {0: (220, 40, 40), 1: (40, 170, 40), 2: (40, 80, 230)}

@@ -13,7 +13,8 @@ from diffusers import UNet2DConditionModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.config import (
     Config,
     ConfigError,

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pixel_rays, project, resize_intrinsics
+from viewdiff.cameras.conventions import pixel_rays, project, resize_intrinsics
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.model.aggregate import (
     AddSharedELU,
     IBRNetAggregator,

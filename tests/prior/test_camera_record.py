@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from viewdiff.cameras import intrinsics_from_fov, orbit
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.commands.camera_record import main
 from viewdiff.prior.camera_record import CameraRecord, camera_quantities
 

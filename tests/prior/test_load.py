@@ -9,7 +9,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 import infer
-from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.config import Config, DataConfig, TrainConfig
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.prior.load import load_export, read_export

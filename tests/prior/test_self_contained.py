@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from viewdiff.cameras import intrinsics_from_fov, orbit, pose_features
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
 from viewdiff.commands.self_contained import main
 from viewdiff.config import Config, DataConfig, TrainConfig
 from viewdiff.diffusion import noise_scheduler

@@ -22,7 +22,6 @@ decoded once, when their window is done.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,32 +29,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from viewdiff.cameras import intensity_stats
+from viewdiff.cameras.pose_features import intensity_stats
 from viewdiff.config import SampleConfig
-from viewdiff.inference.trajectory import LATENT_FACTOR, Trajectory, concat_trajectories
+from viewdiff.inference.trajectory import Trajectory, concat_trajectories
 from viewdiff.inference.windows import Window, plan_windows
+from viewdiff.model.multiview_unet import VAE_SCALE_FACTOR
 from viewdiff.prior.call import ViewConditions, decode_latents, encode_images, encode_prompts
-from viewdiff.prior.load import MultiViewPrior
+from viewdiff.prior.load import PriorModels
 from viewdiff.sampling import denoise_views, inference_scheduler, initial_noise
 
 
 def check_sample_config(sample: SampleConfig) -> None:
-    """Refuse sampler settings that cannot run, naming the key."""
-    for key in ("num_inference_steps", "window_views"):
-        if getattr(sample, key) < 1:
-            raise ValueError(f"sample.{key} must be at least 1, got {getattr(sample, key)}")
-    if sample.max_conditions < 0:
-        raise ValueError(f"sample.max_conditions must be >= 0, got {sample.max_conditions}")
-    for key in ("guidance_scale", "image_guidance_scale"):
-        value = getattr(sample, key)
-        if not (math.isfinite(value) and value >= 0):  # NaN would render black views
-            raise ValueError(f"sample.{key} must be finite and >= 0, got {value}")
-    for key in ("radius", "fov_deg"):
-        value = getattr(sample, key)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"sample.{key} must be finite and positive, got {value}")
-    if not math.isfinite(sample.elevation_deg):
-        raise ValueError(f"sample.elevation_deg must be finite, got {sample.elevation_deg}")
+    """Refuse sampler settings that cannot run, naming the key (``SampleConfig.check``: the
+    same check as a preset's or an override's, for settings a command's flags changed)."""
+    sample.check()
 
 
 @dataclass
@@ -69,11 +56,11 @@ class ViewPool:
 
 
 def _empty_pool(
-    prior: MultiViewPrior, n_objects: int, cameras: Trajectory, given_images: Tensor | None
+    prior: PriorModels, n_objects: int, cameras: Trajectory, given_images: Tensor | None
 ) -> ViewPool:
     """A pool with the given views (encoded, the VAE posterior's mean) and room for the rest."""
     (height, width), n_views = cameras.image_size_hw, len(cameras)
-    latent_hw = (height // LATENT_FACTOR, width // LATENT_FACTOR)
+    latent_hw = (height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR)
     pool = ViewPool(
         latents=torch.zeros(n_objects, n_views, prior.vae.config.latent_channels, *latent_hw),
         images=torch.zeros(n_objects, n_views, 3, height, width),
@@ -130,7 +117,7 @@ def _window_inputs(
 
 
 def _run_window(
-    prior: MultiViewPrior,
+    prior: PriorModels,
     pool: ViewPool,
     window: Window,
     text: tuple[Tensor, Tensor | None],
@@ -165,7 +152,7 @@ def _run_window(
 
 
 def generate_views(
-    prior: MultiViewPrior,
+    prior: PriorModels,
     prompts: Sequence[str],
     trajectory: Trajectory,
     sample: SampleConfig,
@@ -184,9 +171,9 @@ def generate_views(
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     if (given_images is None) != (given_cameras is None):
         raise ValueError("given images need their cameras, and cameras their images")
-    if given_images is not None and given_images.shape[0] != len(given_cameras):
-        raise ValueError(f"{given_images.shape[0]} given images, {len(given_cameras)} cameras")
     n_given = 0 if given_cameras is None else len(given_cameras)
+    if given_images is not None and given_images.shape[0] != n_given:
+        raise ValueError(f"{given_images.shape[0]} given images, {n_given} cameras")
     cameras = (
         trajectory if given_cameras is None else concat_trajectories(given_cameras, trajectory)
     )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -50,7 +51,7 @@ def heldout_objects(data: DataConfig, seed: int, max_objects: int | None) -> Ite
         yield {key: value[0] for key, value in batch.items() if key not in ("skipped", "worker")}
 
 
-def comparison_picture(truth: Tensor, generated: Tensor, known: int) -> object:
+def comparison_picture(truth: Tensor, generated: Tensor, known: int) -> Image.Image:
     """True views (N, 3, H, W) above the given + generated ones, one column per view."""
     row = torch.cat([truth[:known], generated])
     return image_grid([to_pil(view) for view in [*truth, *row]], columns=truth.shape[0])

@@ -1,10 +1,10 @@
 """Given views of image-conditional generation: image files and the cameras they were taken with.
 
-Images are read as RGB (an alpha channel is composited onto white, the usual background of
-object photos with their background removed) and brought to the generation size: with cameras,
-the whole image is resized and K with it (``viewdiff.cameras.resize_intrinsics``), which needs
-the same aspect ratio; without cameras (a single image), the centred square crop is resized and
-the image gets the default camera of the trajectory (``default_input_camera``).
+Images are read as RGB (an alpha channel is composited onto white, the usual background of object
+photos with their background removed) and brought to the generation size: with cameras, the whole
+image is resized and K with it (``viewdiff.cameras.conventions.resize_intrinsics``), which needs the
+same aspect ratio; without cameras (a single image), the centred square crop is resized and the
+image gets the default camera of the trajectory (``default_input_camera``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from viewdiff.cameras import resize_intrinsics
+from viewdiff.cameras.conventions import resize_intrinsics
 from viewdiff.inference.trajectory import Trajectory
 
 

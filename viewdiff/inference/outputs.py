@@ -5,7 +5,7 @@ In the output folder of one object:
     views/view_XXX.png   every generated view, in trajectory order
     grid.png             the views tiled
     turntable.gif/.mp4   the views as a looping video (MP4 when imageio-ffmpeg is installed)
-    cameras.json         the OpenCV K and w2c of every view (viewdiff.cameras_json layout)
+    cameras.json         the OpenCV K and w2c of every view (viewdiff.cameras.cameras_json layout)
     inputs/input_XXX.png, input_cameras.json
                          the given views of image-conditional generation, with their cameras
     generation.json      the prompt, seed and sampler settings that made them
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from viewdiff.cameras_json import write_cameras
+from viewdiff.cameras.cameras_json import write_cameras
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.output_folders import check_output_folder
 from viewdiff.scene.turntable import mp4_available, write_gif, write_mp4

@@ -34,7 +34,8 @@ from viewdiff.config import SampleConfig
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
 from viewdiff.model import MultiViewUNet
-from viewdiff.prior.load import ExportInfo, MultiViewPrior, load_export
+from viewdiff.model.attention import AttentionBackend
+from viewdiff.prior.load import ExportInfo, PriorModels, load_export
 from viewdiff.sampling import SCHEDULERS, inference_scheduler
 from viewdiff.visualize import to_pil
 
@@ -87,7 +88,7 @@ class MultiViewPipeline(DiffusionPipeline):
         torch_dtype: torch.dtype | None = None,
         device: torch.device | str = "cpu",
         base: str | Path | None = None,
-        attention_backend: str = "sdpa",
+        attention_backend: AttentionBackend = "sdpa",
     ) -> MultiViewPipeline:
         """The pipeline of an export folder (``base``: its base pipeline from there instead)."""
         prior = load_export(
@@ -117,10 +118,16 @@ class MultiViewPipeline(DiffusionPipeline):
                 f"pipe.scheduler is a {type(self.scheduler).__name__}; the multi-view sampler "
                 f"runs {', '.join(cls.__name__ for cls in SCHEDULERS.values())}"
             )
-        chosen = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
         sample = self.export.config.sample if self.export is not None else SampleConfig()
+        if num_inference_steps is None:
+            num_inference_steps = sample.num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = sample.guidance_scale
         return dataclasses.replace(
-            sample, scheduler=sampler, **{k: v for k, v in chosen.items() if v is not None}
+            sample,
+            scheduler=sampler,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
         )
 
     def _image_size(self) -> int:
@@ -156,13 +163,12 @@ class MultiViewPipeline(DiffusionPipeline):
             cameras = orbit_trajectory(
                 num_views, sample.elevation_deg, sample.radius, self._image_size(), sample.fov_deg
             )
-        prior = MultiViewPrior(
+        prior = PriorModels(
             self.unet,
             self.vae,
             self.text_encoder,
             self.tokenizer,
             dict(self.scheduler.config),  # generate_views rebuilds this sampler from it
-            self.export,
         )
         show_progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
         seeds = _seeds(generator, len(prompts), sample.seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from viewdiff.cameras_json import read_cameras
+from viewdiff.cameras.cameras_json import read_cameras
 from viewdiff.inference.inputs import read_image
 from viewdiff.inference.outputs import VIEWS_DIR
 

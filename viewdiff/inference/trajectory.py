@@ -1,9 +1,9 @@
 """Where generated views are seen from: orbits around the normalised object, or cameras.json.
 
 Generated views live in the normalised scene of training (object box [-1, 1]^3, +z up; see
-``viewdiff.cameras``), seen by OpenCV cameras (K in pixels, w2c world-to-camera). The reference
-generates on orbits of radius 4-4.5 at a polar angle of 45-60 degrees, i.e. an elevation of
-30-45 degrees above the object's equator; ``infer.py cameras`` draws any trajectory to check it
+``viewdiff.cameras.conventions``), seen by OpenCV cameras (K in pixels, w2c world-to-camera). The
+reference generates on orbits of radius 4-4.5 at a polar angle of 45-60 degrees, i.e. an elevation
+of 30-45 degrees above the object's equator; ``infer.py cameras`` draws any trajectory to check it
 by eye before spending GPU time on it.
 """
 
@@ -15,17 +15,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import (
-    camera_centers,
-    check_cameras,
-    intrinsics_from_fov,
-    orbit,
-    pose_features,
-    transform_points,
-)
-from viewdiff.cameras_json import read_cameras
+from viewdiff.cameras.cameras_json import read_cameras
+from viewdiff.cameras.checks import check_cameras
+from viewdiff.cameras.conventions import camera_centers, transform_points
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.cameras.pose_features import pose_features
+from viewdiff.model.multiview_unet import VAE_SCALE_FACTOR
 
-LATENT_FACTOR = 8  # SD's VAE: images are 8x the latents
 DEFAULT_FOV_DEG = 48.0  # infer.py cameras' default and training's validation orbit
 
 
@@ -89,10 +85,10 @@ def orbit_trajectory(
 def check_trajectory(trajectory: Trajectory, source: str) -> None:
     """Refuse cameras that cannot be generated: image sides not multiples of 8, object behind."""
     height, width = trajectory.image_size_hw
-    if height % LATENT_FACTOR or width % LATENT_FACTOR:
+    if height % VAE_SCALE_FACTOR or width % VAE_SCALE_FACTOR:
         raise ValueError(
             f"{source}: images of {height}x{width} px; the VAE needs sides that are multiples "
-            f"of {LATENT_FACTOR}"
+            f"of {VAE_SCALE_FACTOR}"
         )
     if trajectory.K.shape != (len(trajectory), 3, 3) or trajectory.w2c.shape[1:] != (4, 4):
         raise ValueError(
@@ -113,7 +109,7 @@ def check_trajectory(trajectory: Trajectory, source: str) -> None:
 
 
 def read_trajectory(path: str | Path) -> Trajectory:
-    """The cameras of a cameras.json file, checked (``viewdiff.cameras_json`` layout)."""
+    """The cameras of a cameras.json file, checked (``viewdiff.cameras.cameras_json`` layout)."""
     K, w2c, size_hw = read_cameras(path)
     trajectory = Trajectory(K.float(), w2c.float(), size_hw)
     check_trajectory(trajectory, str(path))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers
+from viewdiff.cameras.conventions import camera_centers
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ Every per-voxel layer is then one matrix product (O, C) x (C, B*N*P), and the pe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,7 +86,7 @@ class WeightedMeanVar(torch.autograd.Function):
         return grad_features, grad_weights, None
 
 
-def per_voxel(layers: nn.Sequential, x: Tensor) -> Tensor:
+def per_voxel(layers: Iterable[nn.Module], x: Tensor) -> Tensor:
     """Apply Linear / ELU / Sigmoid layers to channels-first x (C, ...) -> (O, ...).
 
     An ELU right after a Linear runs in place on the product's fresh output, as the reference's
@@ -162,6 +164,7 @@ class IBRNetAggregator(nn.Module):
     def empty_voxel(self) -> Tensor:
         """The aggregate (C,) of a voxel no view sees: all statistics zero."""
         statistics = self.statistics_out[0]
+        assert isinstance(statistics, nn.Linear)  # built so in __init__
         return self.statistics_out(statistics.weight.new_zeros(statistics.in_features))
 
     def forward(
@@ -180,18 +183,20 @@ class IBRNetAggregator(nn.Module):
         mean, var = weighted_mean_var(features, valid, views)  # (C, B, 1, P) each
         # base_fc's first layer sees [mean, var, features] per view; the (mean, var) part is the
         # same for all N views, so it is applied once per voxel and broadcast, not concatenated.
-        first = self.base_fc[0]
+        first, elu = self.base_fc[0], self.base_fc[1]
+        assert isinstance(first, nn.Linear) and isinstance(elu, nn.ELU)  # built so in __init__
         global_weight, view_weight = first.weight.split([2 * channels, channels], dim=1)
         statistics = torch.cat([mean, var], dim=0).reshape(2 * channels, -1)
         shared = torch.addmm(first.bias[:, None], global_weight, statistics)
         # A sliced weight makes the product about 2x slower on CPU.
         x = torch.mm(view_weight.contiguous(), features.reshape(channels, -1))  # (2C, B*N*P)
-        shared, alpha = shared.reshape(-1, objects, 1, voxels), self.base_fc[1].alpha
+        shared, alpha = shared.reshape(-1, objects, 1, voxels), elu.alpha
         if torch.compiler.is_compiling():
             x = F.elu(x.reshape(-1, objects, n_views, voxels) + shared, alpha)
         else:  # the product is fresh: ELU(x + shared) in place
             x = AddSharedELU.apply(x, shared, alpha)
-        x = per_voxel(self.base_fc[2:], x.reshape(-1, objects, n_views, voxels))  # (C, B, N, P)
+        x = x.reshape(-1, objects, n_views, voxels)
+        x = per_voxel(list(self.base_fc)[2:], x)  # (C, B, N, P)
         # Visibility: a residual feature update and a first weight, then a refined weight.
         x_res, visibility = per_voxel(self.vis_fc, x * weight).split([channels, 1], dim=0)
         visibility = torch.sigmoid(visibility) * valid

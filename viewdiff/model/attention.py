@@ -110,8 +110,8 @@ class MultiViewAttnProcessor:
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
         is_self_attention = encoder_hidden_states is None
         batch_size, sequence_length, _ = (
-            hidden_states.shape if is_self_attention else encoder_hidden_states.shape
-        )
+            hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        ).shape
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(
                 attention_mask, sequence_length, batch_size
@@ -121,13 +121,16 @@ class MultiViewAttnProcessor:
             )
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if is_self_attention:
+        if encoder_hidden_states is None:  # self-attention
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
         query, key, value = self._project_qkv(attn, hidden_states, encoder_hidden_states, multiview)
-        n_views = multiview.n_views if (self.cross_frame and is_self_attention) else 1
+        n_views = 1
+        if self.cross_frame and is_self_attention:
+            assert multiview is not None  # refused above
+            n_views = multiview.n_views
         control = None if multiview is None else multiview.control
         if control is not None and is_self_attention and control.inject_self:
             query, key = control.borrow_rows(query), control.borrow_rows(key)
@@ -164,6 +167,7 @@ class MultiViewAttnProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
         if self.lora is not None:
+            assert multiview is not None  # __call__ refuses a LoRA without it
             if multiview.pose.shape[0] != hidden_states.shape[0]:
                 raise ValueError(
                     f"pose features have {multiview.pose.shape[0]} rows but the attention sees "

@@ -25,10 +25,11 @@ def conv3d_by_slices(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    stride: tuple[int, int, int],
-    padding: tuple[int, int, int],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
 ) -> Tensor:
-    """conv3d(x, weight, bias, stride, padding) of x (B, C, D, H, W) as one batched conv2d."""
+    """conv3d(x, weight, bias, stride, padding) of x (B, C, D, H, W) as one batched conv2d;
+    ``stride`` and ``padding`` are (d, h, w), as ``nn.Conv3d``'s."""
     batch, channels, depth = x.shape[:3]
     out_channels, _, taps = weight.shape[:3]
     stride_d, pad_d = stride[0], padding[0]
@@ -50,6 +51,7 @@ def conv3d_by_slices(
         shifted = F.pad(tap, (0, 0) * 3 + (front, back)) if front or back else tap
         shifted = shifted[:, ::stride_d] if stride_d > 1 else shifted
         out = shifted if out is None else out + shifted  # (B, D', O, H', W')
+    assert out is not None  # a kernel has at least one depth tap
     out = out.transpose(1, 2)
     return out if bias is None else out + bias[:, None, None, None]
 
@@ -59,13 +61,13 @@ class Conv3d(nn.Conv3d):
 
     def forward(self, x: Tensor) -> Tensor:
         """Convolve x (B, C, D, H, W)."""
+        padding = self.padding
         plain = (
             x.device.type != "cpu"
             or self.groups != 1
             or self.dilation != (1, 1, 1)
             or self.padding_mode != "zeros"
-            or isinstance(self.padding, str)
         )
-        if plain:
+        if plain or isinstance(padding, str):
             return super().forward(x)
-        return conv3d_by_slices(x, self.weight, self.bias, self.stride, self.padding)
+        return conv3d_by_slices(x, self.weight, self.bias, self.stride, padding)

@@ -53,7 +53,7 @@ class PoseLoRA(nn.Module):
     ) -> None:
         super().__init__()
         condition_dim = pose_dim
-        self.timestep_proj: nn.Module | None = None
+        self.timestep_proj: nn.Sequential | None = None
         if temb_dim is not None and timestep_dim > 0:
             # Reference (CrossFrameAttentionProcessor2_0.temb_proj): T -> T/2 -> 8, ELU after each.
             self.timestep_proj = nn.Sequential(
@@ -80,7 +80,7 @@ class PoseLoRA(nn.Module):
         if self.timestep_proj is not None:
             if temb is None:
                 raise ValueError("attn1's pose LoRA needs the UNet's time embedding (temb)")
-            weight_dtype = self.timestep_proj[0].weight.dtype
+            weight_dtype = next(self.timestep_proj.parameters()).dtype  # its first Linear's
             parts.append(self.timestep_proj(temb.to(weight_dtype)).to(pose.dtype))
         return torch.cat(parts, dim=-1)
 

@@ -215,8 +215,10 @@ def _load_adapter(unet: UNet2DConditionModel, adapter_dir: Path) -> None:
     weights = load_file(weights_path)
     check_weights(get_peft_model_state_dict(unet), weights, str(weights_path))
     result = set_peft_model_state_dict(unet, weights)
-    if result.unexpected_keys:
-        raise ValueError(f"{weights_path}: unexpected adapter keys {result.unexpected_keys[:5]}")
+    # peft annotates the result as a bare `namedtuple`; it is torch's _IncompatibleKeys.
+    unexpected = result.unexpected_keys  # type: ignore[attr-defined]
+    if unexpected:
+        raise ValueError(f"{weights_path}: unexpected adapter keys {unexpected[:5]}")
 
 
 def check_weights(expected: dict[str, Tensor], found: dict[str, Tensor], source: str) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from viewdiff.cameras import resize_intrinsics
+from viewdiff.cameras.conventions import resize_intrinsics
 from viewdiff.model.aggregate import IBRNetAggregator
 from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, VolumeRenderer
 from viewdiff.model.voxel_grid import unproject, usable_voxels
@@ -109,8 +109,8 @@ class ProjectionLayer(nn.Module):
             nn.Conv2d(grid_channels, channels, kernel_size=1),
         )
         # Zero-initialised output (as ControlNet's zero convolutions): no contribution at start.
-        nn.init.zeros_(self.expand[-1].weight)
-        nn.init.zeros_(self.expand[-1].bias)
+        for parameter in self.expand[-1].parameters():  # its weight and bias
+            nn.init.zeros_(parameter)
 
     def forward(
         self,

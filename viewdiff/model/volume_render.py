@@ -6,13 +6,13 @@ into a density and a feature with a small MLP (the field), and alpha-composite f
 
     alpha_i = 1 - exp(-sigma_i delta_i),  T_i = prod_{j<i} (1 - alpha_j),  F = sum_i T_i alpha_i f_i
 
-The field follows the reference's renderer (``fastplane``): two ReLU layers shared by a density
-head (softplus, bias -5 at initialisation so that the grid starts almost empty) and a feature head
-that also sees an encoding of the ray direction (sigmoid). Rays are parametrised by camera depth
-(unit-z directions from ``viewdiff.cameras.pixel_rays``). Without background modelling a ray is
+The field follows the reference's renderer (``fastplane``): two ReLU layers shared by a density head
+(softplus, bias -5 at initialisation so that the grid starts almost empty) and a feature head that
+also sees an encoding of the ray direction (sigmoid). Rays are parametrised by camera depth (unit-z
+directions from ``viewdiff.cameras.conventions.pixel_rays``). Without background modelling a ray is
 sampled where it crosses the object box; with it, between |C| - 4 and |C| + 4 around the camera
-centre C and as many samples again from there to infinity, evenly in inverse depth (the
-reference's ``num_samples_inf`` with ``disparity_at_inf``), read through the grid's contraction.
+centre C and as many samples again from there to infinity, evenly in inverse depth (the reference's
+``num_samples_inf`` with ``disparity_at_inf``), read through the grid's contraction.
 
 Density noise (NeRF's ``raw_noise_std``, the reference's ``inject_noise_sigma``): Gaussian noise
 of a given std added to the density pre-activation, before the softplus, a regulariser of
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from viewdiff.cameras import pixel_rays
+from viewdiff.cameras.conventions import pixel_rays
 from viewdiff.model.voxel_grid import contract, sample_grid
 
 # A field maps the grid features (B, R, S, C) of S samples on each of R rays, seen along the rays'

@@ -1,7 +1,7 @@
 """The projection layer's voxel grid: where its voxels are, and lifting feature maps into it.
 
-The grid lives in the normalised scene (object box [-1, 1]^3, ``viewdiff.cameras``). Grid
-coordinates g are in [-1, 1]^3 with voxel centres at (i + 0.5) / G * 2 - 1, the convention of
+The grid lives in the normalised scene (object box [-1, 1]^3, ``viewdiff.cameras.conventions``).
+Grid coordinates g are in [-1, 1]^3 with voxel centres at (i + 0.5) / G * 2 - 1, the convention of
 ``grid_sample(align_corners=False)``. A grid tensor is (..., C, G, G, G) ordered (z, y, x), so that
 ``grid_sample``'s (x, y, z) sample coordinates index it directly.
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers, project
+from viewdiff.cameras.conventions import camera_centers, project
 
 # With background modelling the object box is this fraction of the grid (reference: 0.5).
 FOREGROUND_FRACTION = 0.5

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -120,7 +120,8 @@ def prior_predictions(
         text = torch.cat([c.empty_text.repeat_interleave(n_views, 0), text])
         cameras = [torch.cat([x, x]) for x in cameras]
         latents, timesteps = torch.cat([latents, latents]), timesteps.repeat(2)
-    dtype = model.unet.dtype
+    unet: UNet2DConditionModel = model.unet  # nn.Module's __getattr__ says Tensor | Module
+    dtype = unet.dtype
     extra = {} if control is None else {"control": control}
     prediction = model(
         latents.to(dtype),

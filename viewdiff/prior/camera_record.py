@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from viewdiff.cameras import camera_centers
+from viewdiff.cameras.conventions import camera_centers
 
 CAMERA_DISTRIBUTION_FILE = "camera_distribution.json"
 QUANTITIES = ("radius", "elevation_deg", "fov_deg", "half_width")

@@ -26,6 +26,7 @@ from diffusers import DDPMScheduler
 
 from viewdiff.config import Config, save_config
 from viewdiff.model import MultiViewUNet, save_multiview_unet
+from viewdiff.model.persistence import UNetWeights
 from viewdiff.prior.base_record import BASE_MODEL_FILE, base_record
 from viewdiff.prior.camera_record import CameraRecord, write_camera_distribution
 
@@ -33,7 +34,7 @@ EXPORT = "model"
 """The export's folder in a run folder: ``<output_dir>/model/``."""
 
 # The export's UNet weights per train.mode (viewdiff.model.persistence.save_multiview_unet).
-EXPORT_UNET_WEIGHTS = {"full": "full", "lora": "lora", "new_layers": "none"}
+EXPORT_UNET_WEIGHTS: dict[str, UNetWeights] = {"full": "full", "lora": "lora", "new_layers": "none"}
 
 
 def export_path(output_dir: str | Path) -> Path:

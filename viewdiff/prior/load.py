@@ -20,7 +20,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -28,6 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from viewdiff.config import Config, read_config_json
 from viewdiff.model import MultiViewUNet, load_multiview_unet
+from viewdiff.model.attention import AttentionBackend
 from viewdiff.model.persistence import CONFIG_FILE, UNET_DIR, UNET_LORA_DIR, WEIGHTS_FILE
 from viewdiff.prior.base_record import BASE_MODEL_FILE, locate_base
 
@@ -48,20 +49,26 @@ class ExportInfo:
 
 
 @dataclass
-class MultiViewPrior:
-    """A trained multi-view prior with the frozen parts of its base pipeline, ready to sample."""
+class PriorModels:
+    """A multi-view UNet with the frozen parts of its base pipeline: what sampling runs."""
 
     model: MultiViewUNet
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler_config: dict[str, Any]
-    info: ExportInfo
 
     @property
     def device(self) -> torch.device:
         """Where the models are."""
         return self.vae.device
+
+
+@dataclass
+class MultiViewPrior(PriorModels):
+    """A trained multi-view prior loaded from its export, ready to sample."""
+
+    info: ExportInfo
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -97,7 +104,8 @@ def read_export(path: str | Path, base: str | Path | None = None) -> ExportInfo:
     config = read_config_json(path / "config.json")
     record = _read_json(path / BASE_MODEL_FILE)
     meta = _read_json(path / CONFIG_FILE)
-    unet_folder = {"full": UNET_DIR, "lora": UNET_LORA_DIR}.get(meta.get("unet_weights"))
+    unet_weights = str(meta.get("unet_weights"))  # checked when the UNet loads
+    unet_folder = {"full": UNET_DIR, "lora": UNET_LORA_DIR}.get(unet_weights)
     if unet_folder is not None and not (path / unet_folder).is_dir():
         raise ValueError(f"{path} is an incomplete export: {unet_folder}/ is missing")
     if not isinstance(record.get("pretrained_model"), str):
@@ -109,7 +117,7 @@ def read_export(path: str | Path, base: str | Path | None = None) -> ExportInfo:
         revision=record.get("revision"),
         step=int(record.get("step", -1)),
         ema=bool(record.get("ema", False)),
-        unet_weights=str(meta.get("unet_weights")),
+        unet_weights=unet_weights,
     )
 
 
@@ -122,7 +130,13 @@ def chosen_device(name: str | None) -> str:
     return device
 
 
-def _from_base(cls: type, info: ExportInfo, part: str) -> Any:
+class _Pretrained(Protocol):
+    """A diffusers or transformers class: what ``_from_base`` loads."""
+
+    def from_pretrained(self, name: str, *, subfolder: str, revision: str | None) -> Any: ...
+
+
+def _from_base(cls: _Pretrained, info: ExportInfo, part: str) -> Any:
     """One part of the base pipeline, with an error that names the export and the part."""
     # A revision names a hub commit; a local folder (found, or given as --base) has none.
     revision = None if Path(info.pretrained_model).is_dir() else info.revision
@@ -139,7 +153,7 @@ def load_export(
     path: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    attention_backend: str = "sdpa",
+    attention_backend: AttentionBackend = "sdpa",
     base: str | Path | None = None,
 ) -> MultiViewPrior:
     """The export's multi-view UNet, VAE, text encoder and tokenizer on ``device`` in ``dtype``

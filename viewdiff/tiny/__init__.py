@@ -2,6 +2,8 @@
 (``pipelines``); ``python -m viewdiff.tiny OUT_DIR`` writes one (``viewdiff.commands.tiny``)."""
 
 from viewdiff.tiny.pipelines import (
+    BOS_TOKEN,
+    EOS_TOKEN,
     SIZES,
     build_text_encoder,
     build_tiny_pipeline,
@@ -22,6 +24,8 @@ from viewdiff.tiny.pipelines import (
 )
 
 __all__ = [
+    "BOS_TOKEN",
+    "EOS_TOKEN",
     "SIZES",
     "build_text_encoder",
     "build_tiny_pipeline",

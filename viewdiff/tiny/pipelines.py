@@ -102,7 +102,8 @@ SIZES = tuple(sorted(_UNET_SIZES))
 
 
 def _load_asset(relative: str) -> dict[str, Any]:
-    text = resources.files("viewdiff").joinpath("assets", relative).read_text()
+    # One segment per joinpath: Traversable.joinpath takes several only from Python 3.11 on.
+    text = resources.files("viewdiff").joinpath("assets").joinpath(relative).read_text()
     # `_class_name` / `_diffusers_version` are file metadata, not constructor arguments.
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
@@ -204,7 +205,8 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     corpus: Counter[tuple[str, ...]] = Counter()
     for word in words:
         chars = [byte_chars[b] for b in word.encode("utf-8")]
-        corpus[(*chars[:-1], chars[-1] + "</w>")] += 1
+        word_symbols = (*chars[:-1], chars[-1] + "</w>")  # the word's last symbol ends it
+        corpus[word_symbols] += 1
     merges: list[tuple[str, str]] = []
     while True:
         pairs: Counter[tuple[str, str]] = Counter()

@@ -17,8 +17,9 @@ import webdataset as wds
 from torch import Tensor
 from tqdm import tqdm
 
-from viewdiff.data.shards import read_manifest
-from viewdiff.data.stream import decode_image, read_sample_meta, shard_urls
+from viewdiff.data.shard_manifest import read_manifest
+from viewdiff.data.stream import shard_urls
+from viewdiff.data.stream_views import decode_image, read_sample_meta
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def read_shard_images(shards: str | Path, show_progress: bool = True) -> ToyImag
     folder = Path(shards)
     image_size = read_manifest(folder)["image_size"]
     urls = shard_urls(str(folder), image_size)
-    images, masks, captions, categories, object_index, objects = [], [], [], [], [], []
+    images, masks, captions, categories, object_index = [], [], [], [], []
+    objects: list[str] = []  # sample keys
     cameras = []
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
     for sample in tqdm(

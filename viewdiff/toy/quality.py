@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from viewdiff.config import SampleConfig
-from viewdiff.data.shards import ShardOptions, write_shards
+from viewdiff.data.shard_plan import ShardOptions
+from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
@@ -106,4 +107,5 @@ def consistency_psnr(
     scene = GaussianScene.random_in_sphere(2000, 1.0, sh_degree=0, generator=generator)
     result = fit(scene, posed(rows), dataclasses.replace(config, seed=seed), posed(chosen),
                  progress=False)  # fmt: skip
+    assert result.test_psnr is not None  # fit scores the test views it was given
     return sum(result.test_psnr) / len(result.test_psnr)

@@ -24,12 +24,11 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from viewdiff.inference.evaluate import to_unit_range, view_psnr
+from viewdiff.model.multiview_unet import VAE_SCALE_FACTOR
 from viewdiff.prior.call import decode_latents, encode_images
 from viewdiff.toy.images import ToyImages
 from viewdiff.toy.stage import Stage
 from viewdiff.visualize import image_grid, to_pil
-
-LATENT_FACTOR = 8  # the VAE's downsampling: crops start on its grid
 
 
 @dataclass(frozen=True)
@@ -47,12 +46,12 @@ class VaeTraining:
 def random_crops(images: Tensor, crop: int, generator: torch.Generator) -> Tensor:
     """One random crop (B, C, crop, crop) per image, on the 8 px grid, half of them flipped."""
     batch, _, height, width = images.shape
-    rows = torch.randint(0, (height - crop) // LATENT_FACTOR + 1, (batch,), generator=generator)
-    cols = torch.randint(0, (width - crop) // LATENT_FACTOR + 1, (batch,), generator=generator)
+    rows = torch.randint(0, (height - crop) // VAE_SCALE_FACTOR + 1, (batch,), generator=generator)
+    cols = torch.randint(0, (width - crop) // VAE_SCALE_FACTOR + 1, (batch,), generator=generator)
     flips = torch.rand(batch, generator=generator) < 0.5
     crops = []
     for image, row, col, flip in zip(images, rows.tolist(), cols.tolist(), flips, strict=True):
-        top, left = row * LATENT_FACTOR, col * LATENT_FACTOR
+        top, left = row * VAE_SCALE_FACTOR, col * VAE_SCALE_FACTOR
         patch = image[:, top : top + crop, left : left + crop]
         crops.append(patch.flip(-1) if flip else patch)
     return torch.stack(crops)
