@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from viewdiff.atomic_folder import (
-    atomic_folder,
-    old_path,
-    recover_folder,
-    staging_path,
-    swap_in,
-)
+from viewdiff.atomic_folder import atomic_folder, old_path, recover_folder, staging_path, swap_in
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = {"a.txt": "old a", "b.txt": "old b", "only-old.txt": "old"}

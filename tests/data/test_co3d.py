@@ -24,11 +24,7 @@ from viewdiff.data.co3d_files import (
 )
 from viewdiff.data.co3d_set_lists import list_subsets
 from viewdiff.data.raycast import render_object
-from viewdiff.data.synthetic import (
-    make_synthetic_dataset,
-    read_synthetic_objects,
-    sequence_object,
-)
+from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects, sequence_object
 
 SEED = 3
 

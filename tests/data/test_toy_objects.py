@@ -13,11 +13,7 @@ from viewdiff.data.raycast import render_object
 from viewdiff.data.shard_plan import ShardOptions
 from viewdiff.data.shards import write_shards
 from viewdiff.data.stream import build_loader
-from viewdiff.data.synthetic import (
-    make_synthetic_dataset,
-    read_synthetic_objects,
-    sequence_object,
-)
+from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects, sequence_object
 from viewdiff.data.synthetic_cameras import hand_held_orbit, sample_intrinsics
 from viewdiff.data.synthetic_objects import CATEGORIES, make_object
 from viewdiff.data.toy_objects import TOY_COLOURS, TOY_SHAPES, toy_colour, toy_prompts

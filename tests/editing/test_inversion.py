@@ -6,13 +6,7 @@ from diffusers import DDIMScheduler
 
 from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.editing.editing_model import denoiser, load_editing_model
-from viewdiff.editing.inversion import (
-    ddpm_grid,
-    generate,
-    invert,
-    mean_and_sigma,
-    step_with_noise,
-)
+from viewdiff.editing.inversion import ddpm_grid, generate, invert, mean_and_sigma, step_with_noise
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.tiny import sd21_base_scheduler_config
 

@@ -9,12 +9,7 @@ from transformers import CLIPTokenizer
 from viewdiff.cameras.orbits import orbit
 from viewdiff.trame.attention_control import changed_words, token_alignment
 from viewdiff.trame.ddcm import anchor, clean_estimate, ddcm_target, noisy_pair
-from viewdiff.trame.plan import (
-    angle_between_deg,
-    check_schedule,
-    plan_views,
-    schedule_value,
-)
+from viewdiff.trame.plan import angle_between_deg, check_schedule, plan_views, schedule_value
 
 
 def _tensors(seed: int, count: int):

@@ -16,9 +16,7 @@ from viewdiff.commands.options import (
     positive_float,
     view_count,
 )
-from viewdiff.inference.outputs import (
-    output_folder,
-)
+from viewdiff.inference.outputs import output_folder
 from viewdiff.visualize import draw_box_views, image_grid
 
 

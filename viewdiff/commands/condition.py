@@ -18,18 +18,10 @@ from viewdiff.commands.generation import (
 from viewdiff.config import SampleConfig
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.inputs import load_given_views, load_single_view
-from viewdiff.inference.outputs import (
-    save_generation,
-)
-from viewdiff.inference.trajectory import (
-    Trajectory,
-    default_input_camera,
-    read_trajectory,
-)
+from viewdiff.inference.outputs import save_generation
+from viewdiff.inference.trajectory import Trajectory, default_input_camera, read_trajectory
 from viewdiff.output_folders import check_output_folder
-from viewdiff.prior.load import (
-    read_export,
-)
+from viewdiff.prior.load import read_export
 
 
 def add_condition_command(commands: argparse._SubParsersAction) -> None:

@@ -23,16 +23,9 @@ from viewdiff.commands.options import (
     int_in,
     nonnegative_float,
 )
-from viewdiff.editing.editing_model import (
-    check_editing_model,
-    denoiser,
-    load_editing_model,
-)
+from viewdiff.editing.editing_model import check_editing_model, denoiser, load_editing_model
 from viewdiff.editing.inversion import generate
-from viewdiff.editing.inversion_folder import (
-    inversion_to,
-    read_inversion,
-)
+from viewdiff.editing.inversion_folder import inversion_to, read_inversion
 from viewdiff.inference.outputs import output_folder, write_views
 from viewdiff.inference.trajectory import read_trajectory
 from viewdiff.prior.call import decode_latents

@@ -5,23 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from viewdiff.commands.generation import (
-    add_generation_arguments,
-    load_prior,
-    sample_settings,
-)
-from viewdiff.commands.options import (
-    MAX_VIEWS,
-    int_in,
-    positive_int,
-    view_count,
-)
+from viewdiff.commands.generation import add_generation_arguments, load_prior, sample_settings
+from viewdiff.commands.options import MAX_VIEWS, int_in, positive_int, view_count
 from viewdiff.inference.evaluate import format_table, write_results
 from viewdiff.inference.heldout import check_heldout_shards, evaluate_heldout
 from viewdiff.output_folders import check_output_folder
-from viewdiff.prior.load import (
-    read_export,
-)
+from viewdiff.prior.load import read_export
 
 
 def add_eval_command(commands: argparse._SubParsersAction) -> None:

@@ -19,9 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from viewdiff.commands.options import (
-    add_out_argument,
-)
+from viewdiff.commands.options import add_out_argument
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.read_generation import GenerationViews, read_generation_views
 from viewdiff.output_folders import check_output_folder

@@ -24,13 +24,13 @@ import torch
 from viewdiff.cameras.conventions import camera_centers
 from viewdiff.cameras.orbits import cartesian_to_spherical
 from viewdiff.commands.options import (
+    add_background_argument,
     add_device_argument,
     add_out_argument,
     add_seed_argument,
     int_in,
     nonnegative_int,
     positive_int,
-    unit_float,
     view_count,
 )
 from viewdiff.inference.inputs import read_image
@@ -85,13 +85,8 @@ def add_fit_command(commands: argparse._SubParsersAction) -> None:
         metavar="V",
         help="view indices left out of the fit and scored (PSNR) on it",
     )
-    parser.add_argument(
-        "--background",
-        type=unit_float,
-        nargs=3,
-        default=(1.0, 1.0, 1.0),
-        metavar=("R", "G", "B"),
-        help="colour behind the scene, fitting and turntable, in [0, 1] (white)",
+    add_background_argument(
+        parser, "colour behind the scene, fitting and turntable, in [0, 1] (white)", (1.0, 1.0, 1.0)
     )
     parser.add_argument(
         "--turntable-views",

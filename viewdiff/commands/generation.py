@@ -27,17 +27,8 @@ from viewdiff.commands.options import (
 )
 from viewdiff.config import SampleConfig
 from viewdiff.inference.autoregressive import check_sample_config
-from viewdiff.inference.trajectory import (
-    Trajectory,
-    orbit_trajectory,
-    read_trajectory,
-)
-from viewdiff.prior.load import (
-    ExportInfo,
-    MultiViewPrior,
-    chosen_device,
-    load_export,
-)
+from viewdiff.inference.trajectory import Trajectory, orbit_trajectory, read_trajectory
+from viewdiff.prior.load import ExportInfo, MultiViewPrior, chosen_device, load_export
 from viewdiff.sampling import SCHEDULERS
 
 

@@ -29,16 +29,9 @@ from viewdiff.commands.options import (
     nonnegative_float,
 )
 from viewdiff.config import SampleConfig
-from viewdiff.editing.editing_model import (
-    check_editing_model,
-    denoiser,
-    load_editing_model,
-)
+from viewdiff.editing.editing_model import check_editing_model, denoiser, load_editing_model
 from viewdiff.editing.inversion import generate, invert
-from viewdiff.editing.inversion_folder import (
-    FORMAT,
-    save_inversion,
-)
+from viewdiff.editing.inversion_folder import FORMAT, save_inversion
 from viewdiff.inference.inputs import (
     centre_square,
     image_tensor,

@@ -202,3 +202,17 @@ def add_seed_argument(
 ) -> None:
     """``--seed N``: the seed of the run's random draws."""
     parser.add_argument("--seed", type=int, default=default, help=help)
+
+
+def add_background_argument(
+    parser: ArgumentContainer, help: str, default: tuple[float, float, float] | None = None
+) -> None:
+    """``--background R G B``: a colour in [0, 1] behind a Gaussian scene."""
+    parser.add_argument(
+        "--background",
+        type=unit_float,
+        nargs=3,
+        default=default,
+        metavar=("R", "G", "B"),
+        help=help,
+    )

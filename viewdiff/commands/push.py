@@ -15,10 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from viewdiff.commands.options import (
-    add_base_argument,
-    add_checkpoint_argument,
-)
+from viewdiff.commands.options import add_base_argument, add_checkpoint_argument
 from viewdiff.inference.hub import push, read_metrics, stage
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.load import read_export

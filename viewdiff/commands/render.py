@@ -7,19 +7,17 @@ import argparse
 from pathlib import Path
 
 from viewdiff.commands.options import (
+    add_background_argument,
     add_device_argument,
     add_out_argument,
     field_of_view,
     finite_float,
     pixel_size,
     positive_float,
-    unit_float,
     view_count,
 )
 from viewdiff.output_folders import check_output_folder
-from viewdiff.prior.load import (
-    chosen_device,
-)
+from viewdiff.prior.load import chosen_device
 from viewdiff.scene.gaussians import read_gaussian_ply
 from viewdiff.scene.turntable import mp4_available, render_turntable, save_turntable
 
@@ -42,14 +40,7 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--backend", choices=("auto", "torch", "gsplat"), default="auto")
     add_device_argument(parser)
-    parser.add_argument(
-        "--background",
-        type=unit_float,
-        nargs=3,
-        default=(1.0, 1.0, 1.0),
-        metavar=("R", "G", "B"),
-        help="background colour in [0, 1]",
-    )
+    add_background_argument(parser, "background colour in [0, 1] (white)", (1.0, 1.0, 1.0))
     parser.add_argument(
         "--fps", type=positive_float, default=20.0, help="frames per second of GIF/MP4"
     )

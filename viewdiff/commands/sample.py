@@ -14,19 +14,11 @@ from viewdiff.commands.generation import (
     sample_settings,
     trajectory_of,
 )
-from viewdiff.commands.options import (
-    positive_int,
-)
+from viewdiff.commands.options import positive_int
 from viewdiff.inference.autoregressive import generate_views
-from viewdiff.inference.outputs import (
-    object_folder_name,
-    read_prompts,
-    save_generation,
-)
+from viewdiff.inference.outputs import object_folder_name, read_prompts, save_generation
 from viewdiff.output_folders import check_output_folder
-from viewdiff.prior.load import (
-    read_export,
-)
+from viewdiff.prior.load import read_export
 
 
 def add_sample_command(commands: argparse._SubParsersAction) -> None:

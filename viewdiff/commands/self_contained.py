@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from viewdiff.commands.options import (
-    add_base_argument,
-    add_checkpoint_argument,
-    add_out_argument,
-)
+from viewdiff.commands.options import add_base_argument, add_checkpoint_argument, add_out_argument
 from viewdiff.prior.self_contained import write_self_contained
 
 

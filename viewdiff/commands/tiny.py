@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from viewdiff.commands.options import (
-    add_seed_argument,
-)
+from viewdiff.commands.options import add_seed_argument
 from viewdiff.output_folders import check_output_folder
 from viewdiff.tiny.pipelines import SIZES, build_tiny_pipeline, count_params
 

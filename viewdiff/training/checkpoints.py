@@ -35,13 +35,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from viewdiff.atomic_folder import (
-    OLD_SUFFIX,
-    STAGING_SUFFIX,
-    recover_folder,
-    staging_path,
-    swap_in,
-)
+from viewdiff.atomic_folder import OLD_SUFFIX, STAGING_SUFFIX, recover_folder, staging_path, swap_in
 from viewdiff.config import Config, save_config
 from viewdiff.model.persistence import check_weights
 
