@@ -1,10 +1,10 @@
-"""Inference with a trained multi-view prior: load an export, place cameras, generate, evaluate.
+"""Generating with a trained multi-view prior (loaded through ``viewdiff.prior``).
 
-``load`` reads the export (``<output_dir>/model/``) with its base pipeline; ``trajectory`` turns
-orbits or cameras.json files into cameras; ``autoregressive`` plans and runs the sliding window
-that covers 100+ views; ``outputs`` writes PNGs, grids, turntables and cameras.json;
-``evaluate`` measures novel-view synthesis (PSNR, SSIM, with and without masks) on held-out
-shards; ``self_contained`` writes an export with its base pipeline inside one folder, which
-``pipeline.MultiViewPipeline`` (a diffusers pipeline) loads. The denoising loops themselves live
-in ``viewdiff.sampling``.
+``trajectory`` turns orbits or cameras.json files into cameras; ``inputs`` reads given views;
+``autoregressive`` and ``windows`` plan and run the sliding window that covers 100+ views;
+``outputs`` writes PNGs, grids, turntables and cameras.json, ``read_generation`` reads them
+back; ``evaluate`` and ``heldout`` measure novel-view synthesis (PSNR, SSIM, with and without
+masks) on held-out shards; ``pipeline.MultiViewPipeline`` is the prior as a diffusers pipeline;
+``hub`` stages an export for the Hugging Face Hub. The denoising loops themselves live in
+``viewdiff.sampling``.
 """

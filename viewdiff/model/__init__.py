@@ -3,7 +3,9 @@
 ``MultiViewUNet`` augments a diffusers UNet (``multiview_unet``); ``attention`` and ``lora`` hold
 the attention processor and its LoRA weights; ``projection`` the voxel projection layer, built
 from ``voxel_grid`` (unprojection), ``aggregate`` (IBRNet), ``voxel_unet`` (3D CNN) and
-``volume_render``; ``persistence`` saves and loads what was added.
+``volume_render``; ``persistence`` saves and loads what was added; ``attention_control`` is the
+Protocol of whoever controls the attention from outside (TrAME's VCAC), so that the model imports
+none of its users.
 """
 
 from viewdiff.model.attention import MultiViewAttnProcessor, MultiViewCondition

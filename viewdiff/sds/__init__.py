@@ -9,8 +9,11 @@ object. The pieces, each in its own module:
 - ``schedules``: which t at which step (random, annealed ranges, DreamTime) (pure);
 - ``cameras``: groups of cameras drawn as the prior's training cameras were;
 - ``loop``: ``ScoreDistillation``, the resumable state of one run, driving ``GaussianFitter``;
-- ``guidance_eval``: threestudio's debugging picture (noisy latents, one-step x0, full denoise);
-- ``cli``: ``infer.py sds``.
+- ``guidance_eval``: threestudio's debugging picture (noisy latents, one-step x0, full denoise).
 
-Configuration: ``viewdiff.sds.config.SdsConfig`` (the ``sds:`` section of the config tree).
+Its command line is ``infer.py sds`` (``viewdiff.commands.sds``); checkpoints are
+``viewdiff.scene.checkpoint``'s.
+
+Configuration: ``viewdiff.sds.config.SdsConfig`` (the ``sds:`` section of the config tree; its
+``fit`` is the scene fitter's ``FitConfig``).
 """
