@@ -79,8 +79,10 @@ class ModelConfig:
     density_noise: float = 0.0
     """Std of Gaussian noise added to the volume renderer's density pre-activation in training
     mode (NeRF's raw_noise_std; evaluation never adds it), drawn from the step's seeded
-    generator. The reference's renderer has it (inject_noise_sigma) but its projection layer
-    builds the renderer with 0.0: 0 is the paper's training."""
+    generator. The reference's projection layer builds its renderer with 0.0 (layer.py:174), but
+    its train loop sets 1.0 before every training epoch and 0.0 for validation
+    (train.py:252, :199; model/util.py:332 update_vol_rend_inject_noise_sigma) and testing
+    (test.py:581): the paper trains with 1.0 (configs/co3d_sd21.yaml). 0 here: no noise."""
 
     projection_checkpointing: bool = False
     """Recompute the projection layers' activations in the backward pass (saves memory)."""

@@ -181,7 +181,7 @@ def test_the_paper_preset_prints_the_reference_values(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     model, recipe = printed["model"], printed["train"]
     assert model["disparity_at_infinity"] == 0.5  # vol_rend_disparity_at_inf
-    assert model["density_noise"] == 0.0  # the reference's renderer: inject_noise_sigma=0.0
+    assert model["density_noise"] == 1.0  # train.py:252 sets inject_noise_sigma 1.0 to train
     assert recipe["novel_views"] == 1  # n_novel_images
     assert recipe["prompt_dropout"] == 0.2 and recipe["prompt_dropout_per"] == "view"
     assert recipe["prior_shards"] and recipe["prior_weight"] == 0.1
