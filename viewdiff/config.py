@@ -84,6 +84,17 @@ class ModelConfig:
     (train.py:252, :199; model/util.py:332 update_vol_rend_inject_noise_sigma) and testing
     (test.py:581): the paper trains with 1.0 (configs/co3d_sd21.yaml). 0 here: no noise."""
 
+    voxel_unet: Literal["reference", "compact"] = "reference"
+    """The projection layer's 3D UNet. ``reference``: the reference's UNet3D (layer.py:74-88,
+    custom_unet_3d.py), two levels of [C, 2C] channels whose up blocks have layers_per_block + 1
+    resnets, every down resnet's output a skip. ``compact``: the one exports saved before this key
+    were trained with (fewer resnets and skips; ``LEGACY_DEFAULTS``)."""
+
+    ray_directions: Literal["unnormalised", "normalised"] = "unnormalised"
+    """What the renderer's ray-direction encoder sees: the rays as the camera casts them through
+    the pixels, ``unnormalised`` (the reference, layer.py:330), or unit vectors, ``normalised``
+    (exports saved before this key; ``LEGACY_DEFAULTS``)."""
+
     projection_checkpointing: bool = False
     """Recompute the projection layers' activations in the backward pass (saves memory)."""
 
@@ -276,6 +287,9 @@ LEGACY_DEFAULTS = {
     ("train", "novel_views"): 0,
     ("train", "prompt_dropout_per"): "object",
     ("train", "prior_shards"): "",
+    ("model", "voxel_unet"): "compact",
+    ("model", "ray_directions"): "normalised",
+    ("train", "loss_views"): "generated",
 }
 """Keys added after models were trained and saved: a saved config without one gets the value
 those models were built with, not today's default (so an old export loads as it trained)."""

@@ -127,6 +127,12 @@ class TrainConfig:
     image_condition_views: int = 2
     """How many of the first views may be given clean as image conditions."""
 
+    loss_views: Literal["all", "generated"] = "all"
+    """Which views the diffusion loss averages over: ``all`` N (the reference, train.py:573-578:
+    MSE over every view, the targets of views given clean set to the detached prediction, so
+    that they add nothing but the count) or only the ``generated`` (noised) ones (configs saved
+    before this key; ``LEGACY_DEFAULTS``)."""
+
     novel_views: int = 1
     """The last this many views of every object are not lifted into the projection layers'
     grids, only rendered there: supervised as novel views (reference: n_novel_images=1 in
