@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--n-views", type=view_count, default=4, help="views per object (columns)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="objects (rows)")
-    parser.add_argument("--view-sampling", choices=("random", "spread"), default="spread")
+    parser.add_argument("--view-sampling", choices=("random", "spread", "mix"), default="spread")
     parser.add_argument("--image-size", type=pixel_size, help="view size (default: the manifest's)")
     parser.add_argument("--display-size", type=pixel_size, default=192, help="drawn size of a view")
     parser.add_argument("--seed", type=int, default=0)

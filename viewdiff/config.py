@@ -76,13 +76,14 @@ class ModelConfig:
     vol_rend_disparity_at_inf). Configs saved before this key load with 1e-3, the value their
     models were trained with (``LEGACY_DEFAULTS``)."""
 
-    density_noise: float = 0.0
+    density_noise: float = 1.0
     """Std of Gaussian noise added to the volume renderer's density pre-activation in training
     mode (NeRF's raw_noise_std; evaluation never adds it), drawn from the step's seeded
     generator. The reference's projection layer builds its renderer with 0.0 (layer.py:174), but
     its train loop sets 1.0 before every training epoch and 0.0 for validation
     (train.py:252, :199; model/util.py:332 update_vol_rend_inject_noise_sigma) and testing
-    (test.py:581): the paper trains with 1.0 (configs/co3d_sd21.yaml). 0 here: no noise."""
+    (test.py:581): the paper trains with 1.0. Configs saved before the default was 1.0 trained
+    without noise unless they said so (``LEGACY_DEFAULTS``)."""
 
     voxel_unet: Literal["reference", "compact"] = "reference"
     """The projection layer's 3D UNet. ``reference``: the reference's UNet3D (layer.py:74-88,
@@ -143,8 +144,10 @@ class DataConfig:
     n_views: int = 5
     """N: views of one object per sample, denoised jointly."""
 
-    view_sampling: Literal["random", "spread"] = "random"
-    """How N views are drawn from a sequence: uniformly at random or spread around it."""
+    view_sampling: Literal["random", "spread", "mix"] = "random"
+    """How N views are drawn from a sequence: uniformly at random, spread around it, or the
+    reference's ``mix`` (``other_selection: mix``, train.sh): half the samples N random frames,
+    half a run of frames a random offset 0 .. 4 apart (``viewdiff.data.stream_views``)."""
 
     num_workers: int = 4
     """DataLoader worker processes per rank."""
@@ -287,6 +290,7 @@ LEGACY_DEFAULTS = {
     ("train", "novel_views"): 0,
     ("train", "prompt_dropout_per"): "object",
     ("train", "prior_shards"): "",
+    ("model", "density_noise"): 0.0,
     ("model", "voxel_unet"): "compact",
     ("model", "ray_directions"): "normalised",
     ("train", "loss_views"): "generated",

@@ -2,6 +2,7 @@
 corrupt data, URLs, torchrun, the preview picture and the throughput benchmark."""
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from viewdiff.data.shard_plan import ShardOptions
 from viewdiff.data.shards import write_shards
 from viewdiff.data.stream import build_loader, build_pipeline
 from viewdiff.data.stream_batches import to_float_views
-from viewdiff.data.stream_views import spread_views
+from viewdiff.data.stream_views import MIX_MAX_OFFSET, mixed_views, spread_views
 from viewdiff.data.stream_workers import SkippedTally
 from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects
 
@@ -406,3 +407,21 @@ def test_data_throughput_benchmark_prints_a_line_per_worker_count(capsys):
                    "--batches", "2", "--workers", "0"])  # fmt: skip
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert "64->32px" in line and "views/s per core" in line
+
+
+def test_mix_draws_random_views_or_runs_half_the_time_each():
+    """The reference's other_selection mix: a coin between N random frames and a run of frames a
+    random offset 0..4 apart (co3d_dataset.py:684-704)."""
+    rng, n_frames, n_views = random.Random(0), 40, 5
+    runs, offsets = 0, set()
+    for _ in range(2000):
+        chosen = mixed_views(n_frames, n_views, rng)
+        assert len(chosen) == n_views and all(0 <= i < n_frames for i in chosen)
+        steps = {(b - a) % n_frames for a, b in itertools.pairwise(chosen)}
+        if len(steps) == 1 and steps <= set(range(MIX_MAX_OFFSET + 1)):
+            runs += 1
+            offsets |= steps
+        else:
+            assert len(set(chosen)) == n_views  # the random branch draws distinct frames
+    assert 900 < runs < 1100  # about half (a random draw is a run by chance ~1e-5 of the time)
+    assert offsets == {0, 1, 2, 3, 4}

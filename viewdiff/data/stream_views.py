@@ -48,6 +48,25 @@ def spread_views(w2c: Tensor, n_views: int, rng: random.Random) -> list[int]:
     return [order[(start + (i * count) // n_views) % count] for i in range(n_views)]
 
 
+MIX_MAX_OFFSET = 4
+"""``mix``'s consecutive runs step 0 .. this many stored frames from one view to the next."""
+
+
+def mixed_views(n_frames: int, n_views: int, rng: random.Random) -> list[int]:
+    """The reference's ``other_selection: mix`` (co3d_dataset.py:684-704): a random first view,
+    then, by a coin, N - 1 others drawn at random from the remaining frames, or a run that steps
+    an offset of 0 .. MIX_MAX_OFFSET frames from one view to the next (wrapping around; offset 0
+    repeats the first view, as the reference's does). Frames are the sample's stored frames in
+    capture order, so an offset counts stored frames, not the video's."""
+    first = rng.randrange(n_frames)
+    if rng.random() < 0.5:
+        others = rng.sample([i for i in range(n_frames) if i != first], n_views - 1)
+    else:
+        offset = rng.randint(0, MIX_MAX_OFFSET)
+        others = [(first + offset * (i + 1)) % n_frames for i in range(n_views - 1)]
+    return [first, *others]
+
+
 def _located(error: Exception, where: str) -> Exception:
     """The error, as a SampleError that names the shard and sample if it does not already."""
     if isinstance(error, SampleError):
@@ -127,6 +146,8 @@ class DrawViews:
             raise SampleError(f"{where}: view {found[0]}: {found[1]}")
         if self.view_sampling == "spread":
             chosen = spread_views(w2c, self.n_views, rng)
+        elif self.view_sampling == "mix":
+            chosen = mixed_views(len(frames), self.n_views, rng)
         else:
             chosen = rng.sample(range(len(frames)), self.n_views)
         captions = meta["captions"]
