@@ -12,16 +12,24 @@ ViewDiff's training sample (CVPR 2024, Sec. 3.3; the reference's train.py):
 - one timestep per object, drawn uniformly from [0, T), shared by its N views;
 - each of the first ``image_condition_views`` views is, independently with probability
   ``image_condition_prob``, given clean (t = 0): an image condition that the other views attend
-  to and that the projection layers lift into their grid. The reference sets its target to the
-  detached prediction, so that its error is zero, and averages the MSE over all N views; we
-  leave it out of the loss mask and average over the generated views only. The direction of the
-  gradient is the same, its size differs by the factor (generated views / all views) of each
-  step (1 without image conditions). We feed it exactly clean (the reference feeds ``add_noise`` at
-  t = 0, i.e. ``sqrt(abar_0) = 0.9996`` of the latent plus a trace of noise), as inference does;
+  to and that the projection layers lift into their grid. We feed it exactly clean (the
+  reference feeds ``add_noise`` at t = 0, i.e. ``sqrt(abar_0) = 0.9996`` of the latent plus a
+  trace of noise), as inference does;
 - the prompt is dropped ("") with probability ``prompt_dropout`` for classifier-free guidance,
   per view (``prompt_dropout_per=view``, the reference: 2 x 0.1 = 0.2 for each view on its own)
   or per object (all its views together, as guidance drops it at inference);
-- the loss is the MSE over the generated (noisy) views only.
+- the loss is the MSE of the prediction, over (``train.loss_views``):
+
+  - ``all`` views, as the reference (train.py:573-578): the targets of the views given clean
+    are set to the detached prediction (``detached_clean_targets``), then
+    ``F.mse_loss(reduction="none").mean()`` averages over every element of all B*N views. A
+    clean view's error and gradient are exactly zero, but it counts in the mean;
+  - the ``generated`` (noised) views only (``generated_views_mse`` with their mask; configs
+    saved before the key). A micro-batch's gradient keeps its direction and grows by the
+    factor (all views / generated views), 1 without image conditions: micro-batches with clean
+    views weigh more than under ``all``, and more against the prior batch.
+
+  The prior preservation batch has no clean view: both give its plain MSE.
 
 Zero terminal SNR (Lin et al. 2024, Alg. 1) rescales the betas so that ``abar_{T-1} = 0``: the
 last timestep is pure noise. The reference trains so with epsilon prediction (SD 2.1 base's
@@ -131,6 +139,13 @@ def loss_target(
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected {PREDICTION_TYPES}")
 
 
+def detached_clean_targets(prediction: Tensor, target: Tensor, generated: Tensor) -> Tensor:
+    """The targets, those of the views given clean (rows not ``generated``) replaced by the
+    detached prediction: zero error and no gradient there (the reference, train.py:573-574)."""
+    rows = generated.to(target.device).reshape(-1, *([1] * (target.ndim - 1)))
+    return torch.where(rows, target, prediction.detach().to(target.dtype))
+
+
 def generated_views_mse(prediction: Tensor, target: Tensor, generated: Tensor) -> Tensor:
     """Mean squared error over the generated views (rows where ``generated``), in float32.
 
@@ -153,7 +168,8 @@ class DiffusionSample:
     target: Tensor
     """(B*N, 4, h, w) the loss target (epsilon or v)."""
     generated: Tensor
-    """(B*N,) bool: views that are denoised and enter the loss (not image conditions)."""
+    """(B*N,) bool: views that are denoised (not image conditions); with
+    ``train.loss_views=generated`` only these enter the loss."""
 
 
 def diffusion_sample(

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from viewdiff.diffusion import (
     add_noise,
+    detached_clean_targets,
     diffusion_sample,
     draw_clean_views,
     draw_prompt_dropout,
@@ -104,6 +106,28 @@ def test_loss_covers_the_generated_views_only():
     none = generated_views_mse(prediction, target, torch.zeros(4, dtype=torch.bool))
     none.backward()  # an exact zero that still reaches the prediction
     assert none.item() == 0 and prediction.grad is not None
+
+
+def test_detached_clean_targets_give_the_reference_mse_over_all_views():
+    prediction = torch.randn(6, 4, 2, 2, generator=generator(5)).requires_grad_(True)
+    target = torch.randn(6, 4, 2, 2, generator=generator(6))
+    generated = torch.tensor([False, True, True, False, False, True])
+    all_views = torch.ones_like(generated)
+    loss = generated_views_mse(
+        prediction, detached_clean_targets(prediction, target, generated), all_views
+    )
+    # The reference (train.py:573-578): clean targets := detached prediction, mean over all.
+    reference_target = target.clone()
+    reference_target[~generated] = prediction[~generated].detach().clone()
+    reference = F.mse_loss(prediction.float(), reference_target.float(), reduction="none").mean()
+    torch.testing.assert_close(loss, reference)
+    (gradient,) = torch.autograd.grad(loss, prediction)
+    (reference_gradient,) = torch.autograd.grad(reference, prediction)
+    torch.testing.assert_close(gradient, reference_gradient)
+    assert (gradient[~generated] == 0).all() and (gradient[generated] != 0).all()
+    # The generated views' mean is larger by N / generated (here 6 / 3).
+    only_generated = generated_views_mse(prediction, target, generated)
+    torch.testing.assert_close(loss, only_generated * 3 / 6)
 
 
 def test_diffusion_sample_keeps_clean_views_clean(schedule):

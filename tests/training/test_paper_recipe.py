@@ -75,7 +75,7 @@ def trained_weights(run_args, out, *overrides) -> dict:
 def test_density_noise_in_training_is_seeded_by_the_step(run_args, tmp_path):
     noisy = [trained_weights(run_args, tmp_path / f"noisy{i}", "model.density_noise=1.0")
              for i in range(2)]  # fmt: skip
-    clean = trained_weights(run_args, tmp_path / "clean")
+    clean = trained_weights(run_args, tmp_path / "clean", "model.density_noise=0")
     key = next(k for k in clean if "projection" in k and k.endswith("expand.2.weight"))
     for name, value in noisy[0].items():
         torch.testing.assert_close(noisy[1][name], value, rtol=0, atol=0, msg=name)
@@ -185,12 +185,14 @@ def test_the_paper_preset_prints_the_reference_values(capsys):
     assert recipe["novel_views"] == 1  # n_novel_images
     assert recipe["prompt_dropout"] == 0.2 and recipe["prompt_dropout_per"] == "view"
     assert recipe["prior_shards"] and recipe["prior_weight"] == 0.1
+    assert recipe["loss_views"] == "all"  # train.py:573-578: MSE over every view
 
 
 def test_configs_saved_before_the_recipe_keys_load_as_they_trained(tmp_path):
     saved = config_to_dict(Config())
-    for key in ("prompt_dropout_per", "prior_shards"):
+    for key in ("prompt_dropout_per", "prior_shards", "loss_views"):
         del saved["train"][key]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     old = read_config_json(tmp_path / "config.json")
     assert old.train.prompt_dropout_per == "object" and old.train.prior_shards == ""
+    assert old.train.loss_views == "generated"

@@ -31,7 +31,7 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 
 from viewdiff.config import TrainConfig
-from viewdiff.diffusion import diffusion_sample, generated_views_mse
+from viewdiff.diffusion import detached_clean_targets, diffusion_sample, generated_views_mse
 from viewdiff.training.base_pipeline import BasePipeline
 from viewdiff.training.batches import model_inputs
 from viewdiff.training.ema import EMA
@@ -94,8 +94,9 @@ def lifted_views(rows: int, n_views: int, novel_views: int, device: torch.device
 def micro_batch_loss(
     parts: TrainingParts, batch: dict, generator: torch.Generator, prior: bool = False
 ) -> Tensor:
-    """The diffusion loss of one micro-batch (ViewDiff Sec. 3.3, see ``viewdiff.diffusion``); a
-    ``prior`` batch has no image conditions and lifts every view."""
+    """The diffusion loss of one micro-batch (ViewDiff Sec. 3.3, see ``viewdiff.diffusion``),
+    averaged over the views ``train.loss_views`` names; a ``prior`` batch has no image
+    conditions and lifts every view."""
     train = parts.train
     novel_views = 0 if prior else train.novel_views
     inputs = model_inputs(
@@ -129,6 +130,9 @@ def micro_batch_loss(
         ),
         noise_generator=generator,  # density noise, drawn last (model.density_noise > 0 only)
     )  # (B*N, 4, h, w)
+    if train.loss_views == "all":  # the reference: clean views count, with zero error
+        target = detached_clean_targets(prediction, sample.target, sample.generated)
+        return generated_views_mse(prediction, target, torch.ones_like(sample.generated))
     return generated_views_mse(prediction, sample.target, sample.generated)
 
 
