@@ -33,6 +33,7 @@ CONFIG = ModelConfig(
     projection_channels=8,
     voxel_grid_size=8,
     render_samples=8,
+    density_noise=0.0,  # the models run in training mode; these tests compare calls exactly
 )
 
 
@@ -164,7 +165,9 @@ def test_parameter_groups_split_every_parameter_once(active_model):
     assert len(ids) == len(set(ids)) == len(list(active_model.parameters()))
     renderer_ids = {id(p) for p in groups["renderer"]}
     for name, p in active_model.named_parameters():
-        assert (id(p) in renderer_ids) == (".renderer." in name), name
+        # The renderers' own fields; their ray encoders train with the UNet, as the reference's.
+        in_renderer = ".renderer." in name and ".ray_encoder." not in name
+        assert (id(p) in renderer_ids) == in_renderer, name
     assert {k.split(".")[0] for k in active_model.added_state_dict()} == {
         "attention_layers",
         "projection_layers",

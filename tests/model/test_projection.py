@@ -366,10 +366,13 @@ def test_fast_layer_equals_the_dense_one_with_gradients(background, left_out, mo
     )
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     names = ["features"] + [name for name, _ in layer.named_parameters()]
+    largest = max(want.abs().amax() for want in expected_grads)
     for name, got, want in zip(names, grads, expected_grads, strict=True):
-        # float32 sums in another order: within 1e-4 of the gradient's largest entry (+ 1e-6)
+        # float32 sums in another order: within 1e-4 of the gradient's largest entry, or 1e-8 of
+        # the layer's largest gradient (gradients that are zero but for rounding, as a bias
+        # before a GroupNorm's; the reference's renderer init scales them all 3-6x)
         error = (got - want).abs().amax()
-        assert error <= 1e-4 * want.abs().amax() + 1e-6, (name, error)
+        assert error <= 1e-4 * want.abs().amax() + 1e-8 * largest, (name, error)
 
 
 @pytest.mark.parametrize(
@@ -431,3 +434,20 @@ def test_density_noise_under_checkpointing_gives_the_same_gradients():
         layer(**inputs, noise_generator=seeded(3)).square().sum().backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("voxel_unet", ["reference", "compact"])
+def test_layer_with_each_voxel_unet_runs_forward_and_backward(voxel_unet):
+    torch.manual_seed(0)
+    layer = ProjectionLayer(12, 8, 8, 8, background=True, temb_dim=16, voxel_unet=voxel_unet)
+    activate(layer)
+    inputs = layer_inputs()
+    inputs["features"].requires_grad_()
+    out = layer(**inputs)
+    assert out.shape == inputs["features"].shape and out.abs().amax() > 1e-3
+    out.square().sum().backward()
+    assert inputs["features"].grad.abs().amax() > 0
+    for name, p in layer.voxel_unet.named_parameters():
+        assert p.grad is not None and p.grad.isfinite().all(), name
+    with pytest.raises(ValueError, match="model.voxel_unet"):
+        ProjectionLayer(12, 8, 8, 8, background=True, temb_dim=16, voxel_unet="wide")

@@ -143,6 +143,8 @@ class MultiViewUNet(nn.Module):
                     checkpointing=config.projection_checkpointing,
                     disparity_at_infinity=config.disparity_at_infinity,
                     density_noise=config.density_noise,
+                    voxel_unet=config.voxel_unet,
+                    ray_directions=config.ray_directions,
                 )
                 hook = functools.partial(self._project_after, key)
                 transformer.register_forward_hook(hook, with_kwargs=True)
@@ -252,9 +254,17 @@ class MultiViewUNet(nn.Module):
     # Parameters: the renderer gets its own learning rate (reference: vol_rend_learning_rate).
 
     def renderer_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the projection layers' volume renderers."""
+        """Parameters of the projection layers' volume renderers' fields (MLP, density and
+        feature heads), which train at their own learning rate. Not their ray-direction
+        encoders: the reference's ``linear_ray`` sits beside its ``volume_renderer`` and trains
+        with the UNet (layer.py:155; train_util.py:529-547 splits by the module's name)."""
         renderers = [layer.get_submodule("renderer") for layer in self.projection_layers.values()]
-        return [p for renderer in renderers for p in renderer.parameters()]
+        return [
+            p
+            for renderer in renderers
+            for name, p in renderer.named_parameters()
+            if not name.startswith("ray_encoder.")
+        ]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Disjoint groups: 'unet' (base weights, peft LoRA included), 'added', 'renderer'.

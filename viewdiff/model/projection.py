@@ -11,7 +11,8 @@ the transformers of the UNet's widest stages. For the N views of each object:
 4. refine the grid with a timestep-conditioned 3D UNet (``voxel_unet``), at the object's largest
    timestep (the reference takes the last view's, assuming clean condition views come first; the
    largest does not depend on the views' order);
-5. volume-render the grid into every view at the feature map's resolution (``volume_render``);
+5. volume-render the grid into every view at the feature map's resolution (``volume_render``;
+   ``ray_directions``: the rays its direction encoder sees, the reference's or unit vectors);
 6. map the rendered C' features and opacity back to C channels with a small 1x1 convolution stack
    whose last layer starts at zero, and add the result to the input (residual).
 
@@ -29,9 +30,9 @@ from torch import Tensor, nn
 
 from viewdiff.cameras.conventions import resize_intrinsics
 from viewdiff.model.aggregate import IBRNetAggregator
-from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, VolumeRenderer
+from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, RayDirections, VolumeRenderer
 from viewdiff.model.voxel_grid import unproject, usable_voxels
-from viewdiff.model.voxel_unet import VoxelUNet, group_count
+from viewdiff.model.voxel_unet import group_count, make_voxel_unet
 
 
 def aggregate_views(
@@ -82,6 +83,8 @@ class ProjectionLayer(nn.Module):
         checkpointing: bool = False,
         disparity_at_infinity: float = DISPARITY_AT_INFINITY,
         density_noise: float = 0.0,
+        ray_directions: RayDirections = "unnormalised",
+        voxel_unet: str = "reference",
     ) -> None:
         super().__init__()
         if grid_size < 2 or grid_size % 2:
@@ -99,9 +102,9 @@ class ProjectionLayer(nn.Module):
         self.norm = nn.GroupNorm(group_count(channels), channels)
         self.compress = nn.Conv2d(channels, grid_channels, kernel_size=1)
         self.aggregator = IBRNetAggregator(grid_channels, temb_dim)
-        self.voxel_unet = VoxelUNet(grid_channels)
+        self.voxel_unet = make_voxel_unet(voxel_unet, grid_channels)
         self.renderer = VolumeRenderer(
-            grid_channels, num_samples, background, disparity_at_infinity
+            grid_channels, num_samples, background, disparity_at_infinity, ray_directions
         )
         self.expand = nn.Sequential(
             nn.Conv2d(grid_channels + 1, grid_channels, kernel_size=1),

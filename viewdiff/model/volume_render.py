@@ -14,6 +14,23 @@ sampled where it crosses the object box; with it, between |C| - 4 and |C| + 4 ar
 centre C and as many samples again from there to infinity, evenly in inverse depth (the reference's
 ``num_samples_inf`` with ``disparity_at_inf``), read through the grid's contraction.
 
+What the ray-direction encoder sees (``model.ray_directions``); the marching uses d either way.
+``unnormalised``, the reference's: d = R^T K^-1 (u, v, 1)^T, the world-space step of unit camera
+depth through pixel (u, v) of the feature map, of length sqrt(1 + ((u - cx)/fx)^2 + ((v - cy)/fy)^2)
+(1 / cos of the angle to the optical axis). The reference feeds its ``linear_ray`` exactly these
+(model/projection/layer.py:332, ``self.linear_ray(rays)``, the rays of ``get_rays_in_unit_cube``
+:236 <- ``get_rays_for_view``, voxel_proj.py:399-413: K^-1 of the pixel grid (u, v, 1), u = 0..W-1,
+of util.py:6-20, with the feature map's K, layer.py:228, rotated by R^T, never normalised; the
+scene's scaling into the box, voxel_proj.py:458-460, scales only the camera translation).
+``normalised``: d / |d|, the unit vectors that models saved before the key were trained with.
+
+A newly built renderer starts as the reference's (loading weights overwrites it; fastplane/
+fastplane_module.py): the MLP layers (``hidden``, ``feature_hidden``: its ``mlp_weights[0..2]``)
+xavier-uniform with zero biases (:89-92); the density head U(-1/sqrt(C), 1/sqrt(C)), C its fan-in,
+with bias -5 (:93-96); the feature head xavier-uniform of the reference's (C, max(C, 16)) matrix,
+padded for its kernel (:88, :97-98), bound sqrt(6 / (C + max(C, 16))): plain xavier for C >= 16;
+zero bias (:99); the ray encoder xavier-uniform with zero bias (layer.py:155-157).
+
 Density noise (NeRF's ``raw_noise_std``, the reference's ``inject_noise_sigma``): Gaussian noise
 of a given std added to the density pre-activation, before the softplus, a regulariser of
 training. The caller draws it (``ProjectionLayer``: in training mode, from the step's generator).
@@ -22,7 +39,9 @@ training. The caller draws it (``ProjectionLayer``: in training mode, from the s
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +60,12 @@ BACKGROUND_RAY_MARGIN = 4.0  # near/far = |C| -/+ 4 in the normalised scene (ref
 # value models saved before that key were trained with.
 DISPARITY_AT_INFINITY = 1e-3
 OPACITY_INIT_BIAS = -5.0  # softplus(-5) ~ 0.007: an almost transparent grid at the start
+# The reference's fastplane kernel pads its feature head's output to at least 16 channels
+# (MIN_KERNEL_RENDER_DIM, fastplane_module.py:46), which sets the head's xavier bound.
+KERNEL_MIN_FEATURES = 16
+
+RayDirections = Literal["unnormalised", "normalised"]
+"""What the ray-direction encoder sees: unit-depth rays (the reference's) or unit vectors."""
 
 
 def box_ray_bounds(origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,25 +152,44 @@ class VolumeRenderer(nn.Module):
         num_samples: int,
         background: bool,
         disparity_at_infinity: float = DISPARITY_AT_INFINITY,
+        ray_directions: RayDirections = "unnormalised",
     ) -> None:
         super().__init__()
         if not 0.0 < disparity_at_infinity < 1.0:
             raise ValueError(
                 f"model.disparity_at_infinity must be in (0, 1), got {disparity_at_infinity}"
             )
+        if ray_directions not in ("unnormalised", "normalised"):
+            raise ValueError(
+                f"model.ray_directions must be unnormalised or normalised, got {ray_directions!r}"
+            )
         self.num_samples = num_samples
         self.background = background
         self.disparity_at_infinity = disparity_at_infinity
+        self.ray_directions = ray_directions
         self.hidden = nn.Sequential(
             nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels), nn.ReLU()
         )
         self.density = nn.Linear(channels, 1)
-        nn.init.zeros_(self.density.bias)
-        self.density.bias.data += OPACITY_INIT_BIAS
         self.ray_encoder = nn.Linear(3, channels)
-        nn.init.zeros_(self.ray_encoder.bias)
         self.feature_hidden = nn.Linear(channels, channels)
         self.feature = nn.Linear(channels, channels)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The reference's initialisation (the module docstring cites its lines)."""
+        hidden = [layer for layer in self.hidden if isinstance(layer, nn.Linear)]
+        for layer in (*hidden, self.feature_hidden, self.ray_encoder):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        channels = self.density.in_features
+        bound = 1.0 / math.sqrt(channels)
+        nn.init.uniform_(self.density.weight, -bound, bound)
+        nn.init.constant_(self.density.bias, OPACITY_INIT_BIAS)
+        bound = math.sqrt(6.0 / (channels + max(channels, KERNEL_MIN_FEATURES)))
+        nn.init.uniform_(self.feature.weight, -bound, bound)
+        nn.init.zeros_(self.feature.bias)
 
     @property
     def samples_per_ray(self) -> int:
@@ -155,8 +199,10 @@ class VolumeRenderer(nn.Module):
     def field(
         self, features: Tensor, directions: Tensor, density_noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Densities (B, R, S), features (B, R, S, C) in [0, 1] of samples (B, R, S, C) on rays,
-        with ``density_noise`` (B, R, S) added to the density pre-activation."""
+        """Densities (B, R, S), features (B, R, S, C) in [0, 1] of samples (B, R, S, C) on rays of
+        unit-depth directions (B, R, 3), with ``density_noise`` (B, R, S) added to the density
+        pre-activation. The ray encoder sees the directions as given or normalised
+        (``ray_directions``)."""
         dtype = self.density.weight.dtype
         hidden = self.hidden(features.to(dtype))
         density = self.density(hidden)[..., 0]
@@ -164,7 +210,9 @@ class VolumeRenderer(nn.Module):
             density = density + density_noise.to(dtype)
         density = F.softplus(density)
         # The direction encoding is the same for all samples of a ray: once per ray, broadcast.
-        ray = self.ray_encoder(F.normalize(directions, dim=-1).to(dtype))[:, :, None, :]
+        if self.ray_directions == "normalised":
+            directions = F.normalize(directions, dim=-1)
+        ray = self.ray_encoder(directions.to(dtype))[:, :, None, :]
         feature = torch.sigmoid(self.feature(F.relu(self.feature_hidden(hidden) + ray)))
         return density.to(features.dtype), feature.to(features.dtype)
 

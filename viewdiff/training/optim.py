@@ -4,8 +4,12 @@
 al. 2022) with the same groups and settings; its state checkpoints and resumes like AdamW's.
 
 Groups (the reference's two learning rates): 'unet' (base weights or their peft LoRA) and
-'added' (pose LoRA, projection layers) at ``train.learning_rate``; 'renderer' (the projection
-layers' volume renderers) at ``train.renderer_learning_rate`` without weight decay by default.
+'added' (pose LoRA, projection layers) at ``train.learning_rate`` with ``train.adam_weight_decay``;
+'renderer' (the volume renderers' field: MLP, density and feature heads) at
+``train.renderer_learning_rate`` with ``train.renderer_weight_decay`` (0 by default).
+
+The ray-direction encoders train in 'added', as the reference trains its ``linear_ray``
+(``MultiViewUNet.renderer_parameters`` says where that is read).
 
 The schedule is a pure function of the step (diffusers' lambda, no scheduler state): a resumed
 run sets the same learning rates without any saved schedule state, and the rate never depends
