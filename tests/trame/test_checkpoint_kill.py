@@ -19,19 +19,18 @@ from viewdiff.trame.editor import STATE_FORMAT, TrameEditor
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The child writes the editor's checkpoint contents over the old checkpoint; the kill_at-th call
-# to a patched function SIGKILLs it just before the call runs. It imports no diffusers: the
-# contents come from the parent's editor (``checkpoint_contents``), the write is ``save``'s.
+# The child writes the editor's new checkpoint over the old one with ``save``'s writer; the
+# kill_at-th call to a patched function SIGKILLs it just before the call runs. It imports no
+# diffusers: it reads what to write from the checkpoint the parent's editor saved.
 WRITER = """
 import os, shutil, signal, sys
 from pathlib import Path
 
-import torch
+from viewdiff.scene.checkpoint import read_checkpoint, write_checkpoint
 
-from viewdiff.scene.checkpoint import write_checkpoint
-
-final, kill_at, contents = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-format, scene, tensors, state = torch.load(contents, weights_only=False)
+final, kill_at, source, format = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+written = read_checkpoint(source, format, "the checkpoint to write")  # before any patch
+state = {key: value for key, value in written.state.items() if key != "format"}
 calls = 0
 
 
@@ -48,7 +47,7 @@ def killed_before(function):
 
 for module, name in [(os, "replace"), (os, "rename"), (shutil, "rmtree")]:
     setattr(module, name, killed_before(getattr(module, name)))
-write_checkpoint(final, format, scene, tensors, state)
+write_checkpoint(final, format, written.scene, dict(written.tensors), state)
 """
 
 
@@ -78,14 +77,12 @@ def test_a_killed_checkpoint_write_leaves_the_old_or_the_new_checkpoint(editing,
     editor.step()
     new = _files(editor.save(tmp_path / "new"))  # what the child must write
     assert old.keys() == new.keys() and all(old[name] != new[name] for name in old)
-    contents = tmp_path / "contents.pt"
-    torch.save((STATE_FORMAT, *editor.checkpoint_contents()), contents)
     reader = _editor(editing)
     outcomes = []
     for kill_at in range(1, 30):
         final = tmp_path / str(kill_at) / "checkpoint"
         shutil.copytree(tmp_path / "old", final)
-        arguments = [str(final), str(kill_at), str(contents)]
+        arguments = [str(final), str(kill_at), str(tmp_path / "new"), STATE_FORMAT]
         child = subprocess.run(
             [sys.executable, "-c", WRITER, *arguments], cwd=ROOT, capture_output=True, timeout=120
         )
