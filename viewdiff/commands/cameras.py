@@ -9,12 +9,9 @@ from pathlib import Path
 from viewdiff.cameras.cameras_json import read_cameras, write_cameras
 from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.commands.options import (
+    add_orbit_arguments,
     add_out_argument,
-    field_of_view,
-    finite_float,
     pixel_size,
-    positive_float,
-    view_count,
 )
 from viewdiff.inference.outputs import output_folder
 from viewdiff.visualize import draw_box_views, image_grid
@@ -25,16 +22,7 @@ def add_cameras_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("cameras", help="write/check a camera trajectory and draw it")
     add_out_argument(parser)
     parser.add_argument("--cameras", type=Path, help="check this cameras.json instead of an orbit")
-    parser.add_argument("--views", type=view_count, default=8, help="views on the orbit")
-    parser.add_argument(
-        "--elevation", type=finite_float, default=30.0, help="degrees above the object"
-    )
-    parser.add_argument(
-        "--radius", type=positive_float, default=4.0, help="distance to the box centre"
-    )
-    parser.add_argument(
-        "--fov", type=field_of_view, default=48.0, help="horizontal field of view, degrees"
-    )
+    add_orbit_arguments(parser, 8, "views on the orbit")
     parser.add_argument(
         "--image-size", type=pixel_size, default=256, help="square image side, pixels"
     )

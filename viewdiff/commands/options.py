@@ -216,3 +216,17 @@ def add_background_argument(
         metavar=("R", "G", "B"),
         help=help,
     )
+
+
+def add_orbit_arguments(parser: ArgumentContainer, views: int, views_help: str) -> None:
+    """``--views --elevation --radius --fov``: an orbit around the object box (cameras, render)."""
+    parser.add_argument("--views", type=view_count, default=views, help=views_help)
+    parser.add_argument(
+        "--elevation", type=finite_float, default=30.0, help="degrees above the object"
+    )
+    parser.add_argument(
+        "--radius", type=positive_float, default=4.0, help="distance to the box centre"
+    )
+    parser.add_argument(
+        "--fov", type=field_of_view, default=48.0, help="horizontal field of view, degrees"
+    )

@@ -9,12 +9,10 @@ from pathlib import Path
 from viewdiff.commands.options import (
     add_background_argument,
     add_device_argument,
+    add_orbit_arguments,
     add_out_argument,
-    field_of_view,
-    finite_float,
     pixel_size,
     positive_float,
-    view_count,
 )
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.load import chosen_device
@@ -27,17 +25,8 @@ def add_render_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("render", help="render a 3DGS PLY scene around an orbit")
     parser.add_argument("--scene", type=Path, required=True, help="3D Gaussian splatting PLY")
     add_out_argument(parser)
-    parser.add_argument("--views", type=view_count, default=60, help="frames on the orbit")
-    parser.add_argument(
-        "--elevation", type=finite_float, default=30.0, help="degrees above the object"
-    )
-    parser.add_argument(
-        "--radius", type=positive_float, default=4.0, help="distance to the box centre"
-    )
+    add_orbit_arguments(parser, 60, "frames on the orbit")
     parser.add_argument("--size", type=pixel_size, default=256, help="square image side, pixels")
-    parser.add_argument(
-        "--fov", type=field_of_view, default=48.0, help="horizontal field of view, degrees"
-    )
     parser.add_argument("--backend", choices=("auto", "torch", "gsplat"), default="auto")
     add_device_argument(parser)
     add_background_argument(parser, "background colour in [0, 1] (white)", (1.0, 1.0, 1.0))

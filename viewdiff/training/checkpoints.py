@@ -41,7 +41,6 @@ from viewdiff.model.persistence import check_weights
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
-TMP_SUFFIX = STAGING_SUFFIX
 STATE_FILE = "training_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -112,7 +111,7 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if not (path / STATE_FILE).is_file():
         raise ValueError(
             f"train.resume={resume!r}: not a complete checkpoint (no {STATE_FILE}; "
-            f"an interrupted save leaves a {TMP_SUFFIX} folder)"
+            f"an interrupted save leaves a {STAGING_SUFFIX} folder)"
         )
     return path
 
@@ -125,7 +124,7 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
         return []
     removed = []
     for path in sorted(folder.iterdir()):
-        interrupted = path.name.endswith(TMP_SUFFIX)
+        interrupted = path.name.endswith(STAGING_SUFFIX)
         stateless = bool(_NAME.match(path.name)) and not (path / STATE_FILE).is_file()
         if path.is_dir() and (interrupted or stateless):
             shutil.rmtree(path)
