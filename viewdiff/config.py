@@ -96,6 +96,32 @@ class ModelConfig:
     the pixels, ``unnormalised`` (the reference, layer.py:330), or unit vectors, ``normalised``
     (exports saved before this key; ``LEGACY_DEFAULTS``)."""
 
+    projection_merge: Literal["replace", "residual"] = "replace"
+    """Where the projection layer sits and how its output joins the UNet. ``replace``: inside
+    every ``BasicTransformerBlock`` of ``projection_blocks``, between cross-attention and the
+    feed-forward, on a new LayerNorm of the features, its output *replacing* them (the
+    reference's ``last_layer_mode no_residual_connection``, custom_attention.py:443-495).
+    ``residual``: after each whole transformer, its output *added* (exports saved before this
+    key; ``LEGACY_DEFAULTS``)."""
+
+    projection_in: Literal["multiple", "single"] = "multiple"
+    """Features C -> C' before unprojection (the reference's proj_in_2d, layer.py:97-102):
+    ``multiple`` conv3x3 C->C + ReLU, conv3x3 C->C' + ReLU, conv1x1 C'->C'; ``single`` one
+    conv1x1 C->C' (exports saved before this key; ``LEGACY_DEFAULTS``)."""
+
+    projection_out: Literal["multiple", "single", "zero"] = "multiple"
+    """Rendered C' -> C (the reference's proj_out_2d_fg/bg, layer.py:130-145): ``multiple`` a
+    foreground and a background stack conv1x1 C'->C' + ReLU, C'->C + ReLU, C->C, blended by the
+    rendered opacity m as m fg + (1 - m) bg; ``single`` the same blend of two conv1x1 C'->C;
+    ``zero`` [features, opacity] -> C' -> SiLU -> C with its last conv zero, a residual that
+    starts at nothing (exports saved before this key; ``LEGACY_DEFAULTS``)."""
+
+    voxel_grid_by_width: bool = True
+    """Scale each layer's grid inversely with its channel width, G * C_widest / C (the
+    reference's dim_3d_grid // scale, custom_attention.py:165-172), so ``voxel_grid_size`` is
+    the grid at the widest stage; off, every layer has ``voxel_grid_size`` (exports saved before
+    this key; ``LEGACY_DEFAULTS``)."""
+
     projection_checkpointing: bool = False
     """Recompute the projection layers' activations in the backward pass (saves memory)."""
 
@@ -120,6 +146,17 @@ class ModelConfig:
         if self.voxel_grid_size < 2 or self.voxel_grid_size % 2:
             raise ConfigError(
                 f"model.voxel_grid_size must be even and >= 2, got {self.voxel_grid_size}"
+            )
+        for key, allowed in (("projection_merge", ("replace", "residual")),
+                             ("projection_in", ("multiple", "single")),
+                             ("projection_out", ("multiple", "single", "zero"))):  # fmt: skip
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"model.{key}: unknown {getattr(self, key)!r}; one of {allowed}")
+        if self.projection_merge == "replace" and self.projection_out == "zero":
+            raise ConfigError(
+                "model.projection_out: zero starts at nothing, which with "
+                "model.projection_merge: replace would erase the block's features; use "
+                "multiple or single (or projection_merge: residual)"
             )
         if not 0 < self.disparity_at_infinity < 1:
             raise ConfigError(
@@ -294,6 +331,10 @@ LEGACY_DEFAULTS = {
     ("model", "voxel_unet"): "compact",
     ("model", "ray_directions"): "normalised",
     ("train", "loss_views"): "generated",
+    ("model", "projection_merge"): "residual",
+    ("model", "projection_in"): "single",
+    ("model", "projection_out"): "zero",
+    ("model", "voxel_grid_by_width"): False,
 }
 """Keys added after models were trained and saved: a saved config without one gets the value
 those models were built with, not today's default (so an old export loads as it trained)."""

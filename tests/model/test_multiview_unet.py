@@ -77,9 +77,12 @@ def active_model(base_unet) -> MultiViewUNet:
     return model
 
 
-def test_one_view_at_initialisation_is_the_base_unet(tiny_sd):
+def test_one_view_at_initialisation_is_the_base_unet_with_residual_projection(tiny_sd):
+    # The paper's projection layers replace features from the start (test_projection_merge).
+    residual = ModelConfig(**{**CONFIG.__dict__, "projection_merge": "residual",
+                              "projection_in": "single", "projection_out": "zero"})  # fmt: skip
     base = UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
-    model = MultiViewUNet(UNet2DConditionModel.from_pretrained(tiny_sd / "unet"), CONFIG)
+    model = MultiViewUNet(UNet2DConditionModel.from_pretrained(tiny_sd / "unet"), residual)
     assert len(model.projection_layers) == 4 and len(model.attention_layers) == 20
     batch = inputs(objects=3, n_views=1)
     with torch.no_grad():
@@ -218,7 +221,7 @@ def test_mismatched_loads_fail_naming_what_differs(active_model, base_unet, tmp_
     with pytest.raises(ValueError, match="block_out_channels: saved"):
         load_multiview_unet(export, base_unet=build_unet(unet_config("mid")))
     weights = load_file(export / "multiview.safetensors")
-    key = next(k for k in weights if k.endswith("compress.weight"))
+    key = next(k for k in weights if ".compress." in k and k.endswith("weight"))
     save_file({**weights, key: weights[key][:, :-1].contiguous()}, export / "multiview.safetensors")
     with pytest.raises(ValueError, match=r"1 shape mismatches: projection_layers\..*compress"):
         load_multiview_unet(export, base_unet=copy.deepcopy(base_unet))

@@ -57,6 +57,9 @@ class MultiViewCondition:
     """(B*N, 4, 4) OpenCV world-to-camera in the normalised scene (object box [-1, 1]^3)."""
     image_size_hw: tuple[int, int]
     """(H, W) of the images that ``K`` refers to."""
+    latent_hw: tuple[int, int] | None = None
+    """(h, w) of the UNet's input latents: the projection layers inside transformer blocks find
+    their token grids' sizes from it (None: square token grids)."""
     unprojected: Tensor | None = None
     """(B*N,) bool: views lifted into the projection layers' grids (None: all)."""
     control: AttentionControl | None = None

@@ -6,8 +6,10 @@ modules:
 
 - sets a ``MultiViewAttnProcessor`` on every attention (``unet.set_attn_processor``): cross-frame
   attention in every attn1, pose-conditioned LoRA on attn1 and attn2 (``attention``, ``lora``);
-- adds a ``ProjectionLayer`` after every transformer of ``config.projection_blocks``, through a
-  forward hook on that ``Transformer2DModel`` that adds the layer's residual to its output.
+- adds a ``ProjectionLayer`` to every transformer of ``config.projection_blocks``: inside each of
+  its ``BasicTransformerBlock``s between cross-attention and the feed-forward, its output replacing
+  the features (``projection_merge: replace``, the paper's; ``projected_block``), or after the
+  whole ``Transformer2DModel``, its output added through a forward hook (``residual``).
 
 The new weights live in this module's ``attention_layers`` and ``projection_layers``; ``unet``
 keeps exactly diffusers' state dict, so the fine-tuned UNet saves with diffusers'
@@ -24,6 +26,7 @@ b*N .. b*N+N-1, ``timesteps`` (B*N,) per view, ``encoder_hidden_states`` (B*N, 7
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +39,7 @@ from viewdiff.cameras.pose_features import POSE_FEATURE_DIM
 from viewdiff.config import ModelConfig
 from viewdiff.model.attention import MultiViewAttnProcessor, MultiViewCondition
 from viewdiff.model.lora import PoseLoRA
+from viewdiff.model.projected_block import install_projection
 from viewdiff.model.projection import ProjectionLayer
 
 if TYPE_CHECKING:
@@ -58,6 +62,33 @@ def _per_view(value: Tensor, name: str, rows: int, n_views: int, tail: tuple[int
         return value.reshape(rows, *tail)
     expected = f"{(rows, *tail)} or {(rows // n_views, n_views, *tail)}"
     raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {expected}")
+
+
+def token_grid(tokens: int, latent_hw: tuple[int, int] | None) -> tuple[int, int]:
+    """(h, w) of a transformer's token grid of ``tokens`` tokens, for latents of ``latent_hw``:
+    the latents halved (rounding up, as SD's stride-2 convolutions) until the count matches."""
+    if latent_hw is None:
+        side = math.isqrt(tokens)
+        if side * side == tokens:
+            return side, side
+        raise ValueError(f"{tokens} tokens are not a square grid and no latent size was given")
+    height, width = latent_hw
+    while height * width > tokens:
+        height, width = -(-height // 2), -(-width // 2)
+    if height * width != tokens:
+        raise ValueError(f"{tokens} tokens are no grid of latents {latent_hw} halved")
+    return height, width
+
+
+def _multiview_condition(key: str, kwargs: dict[str, Any] | None) -> MultiViewCondition:
+    """This call's ``MultiViewCondition`` from a block's cross_attention_kwargs, or an error."""
+    condition = (kwargs or {}).get("multiview")
+    if condition is None:
+        raise ValueError(
+            f"projection layer {key} needs cross_attention_kwargs={{'multiview': ...}}; "
+            "call MultiViewUNet, not the wrapped UNet"
+        )
+    return condition
 
 
 def check_model_config(config: ModelConfig) -> None:
@@ -117,51 +148,76 @@ class MultiViewUNet(nn.Module):
         self.unet.set_attn_processor(processors)
 
     def _install_projection(self) -> None:
-        """A projection layer after every transformer of the configured blocks (forward hooks)."""
+        """A projection layer in every transformer of the configured blocks: inside each of its
+        transformer blocks, replacing the features (``replace``), or after it, adding to its
+        output through a forward hook (``residual``)."""
         config = self.config
+        widest = max(self.unet.config.block_out_channels)
         for block_name in config.projection_blocks:
-            try:
-                block = self.unet.get_submodule(block_name)
-            except AttributeError:
-                block = None
-            if block is None or not getattr(block, "attentions", None):
-                known = [n for n, m in self.unet.named_children() if n.endswith("blocks")]
-                raise ValueError(
-                    f"model.projection_blocks: {block_name!r} is not a UNet block with "
-                    f"transformers (blocks are e.g. down_blocks.2, mid_block, up_blocks.1; "
-                    f"this UNet has {known})"
-                )
-            for index, transformer in enumerate(block.attentions):
-                key = module_key(f"{block_name}.attentions.{index}")
-                self.projection_layers[key] = ProjectionLayer(
-                    channels=transformer.config.in_channels,
-                    grid_channels=config.projection_channels,
-                    grid_size=config.voxel_grid_size,
-                    num_samples=config.render_samples,
-                    background=config.projection_background,
-                    temb_dim=self.temb_dim,
-                    checkpointing=config.projection_checkpointing,
-                    disparity_at_infinity=config.disparity_at_infinity,
-                    density_noise=config.density_noise,
-                    voxel_unet=config.voxel_unet,
-                    ray_directions=config.ray_directions,
-                )
-                hook = functools.partial(self._project_after, key)
-                transformer.register_forward_hook(hook, with_kwargs=True)
+            for index, transformer in enumerate(self._transformers(block_name)):
+                name = f"{block_name}.attentions.{index}"
+                channels = transformer.config.in_channels
+                if config.projection_merge == "residual":
+                    key = module_key(name)
+                    self.projection_layers[key] = self._projection_layer(channels, widest)
+                    hook = functools.partial(self._project_after, key)
+                    transformer.register_forward_hook(hook, with_kwargs=True)
+                    continue
+                for position, block in enumerate(transformer.transformer_blocks):
+                    block_path = f"{name}.transformer_blocks.{position}"
+                    key = module_key(block_path)
+                    self.projection_layers[key] = self._projection_layer(channels, widest)
+                    projection = functools.partial(self._project_inside, key)
+                    install_projection(block, projection, block_path)
 
-    def _project_after(
-        self, key: str, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
-    ) -> Any:
-        """Forward hook: add the projection layer's residual to a transformer's output."""
-        condition = (kwargs.get("cross_attention_kwargs") or {}).get("multiview")
-        if condition is None:
+    def _transformers(self, block_name: str) -> list[Any]:
+        """The transformers of a UNet block named in ``model.projection_blocks``."""
+        try:
+            block = self.unet.get_submodule(block_name)
+        except AttributeError:
+            block = None
+        if block is None or not getattr(block, "attentions", None):
+            known = [n for n, m in self.unet.named_children() if n.endswith("blocks")]
             raise ValueError(
-                f"projection layer {key} needs cross_attention_kwargs={{'multiview': ...}}; "
-                "call MultiViewUNet, not the wrapped UNet"
+                f"model.projection_blocks: {block_name!r} is not a UNet block with "
+                f"transformers (blocks are e.g. down_blocks.2, mid_block, up_blocks.1; "
+                f"this UNet has {known})"
             )
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        sample = sample + self.projection_layers[key](
-            sample,
+        return list(block.attentions)
+
+    def _projection_layer(self, channels: int, widest: int) -> ProjectionLayer:
+        """A projection layer for C-channel features, its grid by ``model.voxel_grid_by_width``."""
+        config = self.config
+        grid_size = config.voxel_grid_size
+        if config.voxel_grid_by_width:
+            grid_size, remainder = divmod(config.voxel_grid_size * widest, channels)
+            if remainder or grid_size % 2:
+                raise ValueError(
+                    f"model.voxel_grid_by_width: a {channels}-channel stage gets a grid of "
+                    f"{config.voxel_grid_size} x {widest} / {channels}, not an even integer; "
+                    "choose another model.voxel_grid_size or voxel_grid_by_width: false"
+                )
+        return ProjectionLayer(
+            channels=channels,
+            grid_channels=config.projection_channels,
+            grid_size=grid_size,
+            num_samples=config.render_samples,
+            background=config.projection_background,
+            temb_dim=self.temb_dim,
+            checkpointing=config.projection_checkpointing,
+            disparity_at_infinity=config.disparity_at_infinity,
+            density_noise=config.density_noise,
+            voxel_unet=config.voxel_unet,
+            ray_directions=config.ray_directions,
+            merge=config.projection_merge,
+            projection_in=config.projection_in,
+            projection_out=config.projection_out,
+        )
+
+    def _project(self, key: str, features: Tensor, condition: MultiViewCondition) -> Tensor:
+        """Projection layer ``key`` on feature maps (B*N, C, h, w) of this call's views."""
+        return self.projection_layers[key](
+            features,
             condition.K,
             condition.w2c,
             condition.image_size_hw,
@@ -171,6 +227,23 @@ class MultiViewUNet(nn.Module):
             condition.unprojected,
             condition.noise_generator,
         )
+
+    def _project_inside(self, key: str, hidden_states: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        """A transformer block's projection (``replace``): tokens (B*N, h*w, C) -> its output."""
+        condition = _multiview_condition(key, kwargs)
+        rows, tokens, channels = hidden_states.shape
+        height, width = token_grid(tokens, condition.latent_hw)
+        maps = hidden_states.transpose(1, 2).reshape(rows, channels, height, width)
+        projected = self._project(key, maps, condition)  # (B*N, C, h, w)
+        return projected.reshape(rows, channels, tokens).transpose(1, 2)
+
+    def _project_after(
+        self, key: str, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        """Forward hook (``residual``): add the projection layer's output to a transformer's."""
+        condition = _multiview_condition(key, kwargs.get("cross_attention_kwargs"))
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        sample = sample + self._project(key, sample, condition)
         if isinstance(output, tuple):
             return (sample, *output[1:])
         return Transformer2DModelOutput(sample=sample)
@@ -222,6 +295,7 @@ class MultiViewUNet(nn.Module):
             K=_per_view(K, "K", rows, n_views, (3, 3)),
             w2c=_per_view(w2c, "w2c", rows, n_views, (4, 4)),
             image_size_hw=image_size_hw or (VAE_SCALE_FACTOR * height, VAE_SCALE_FACTOR * width),
+            latent_hw=(height, width),
             unprojected=unprojected_views,
             control=control,
             noise_generator=noise_generator,

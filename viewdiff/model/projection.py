@@ -1,9 +1,12 @@
 """The projection layer: lift every view's features into a 3D grid and render them back.
 
-ViewDiff Sec. 3.3 ("projection layer", the reference's ``UnprojReprojLayer``), inserted after
-the transformers of the UNet's widest stages. For the N views of each object:
+ViewDiff Sec. 3.3 ("projection layer", the reference's ``UnprojReprojLayer``,
+model/projection/layer.py). For the N views of each object:
 
-1. normalise and compress the C feature channels to C' with a 1x1 convolution;
+1. normalise the C feature channels (``model.projection_merge: replace``: the reference's
+   ``norm_cf``, a LayerNorm over channels; ``residual``: a GroupNorm) and compress them to C'
+   (``model.projection_in``: ``multiple``, the reference's conv3x3 C->C + ReLU, conv3x3 C->C' +
+   ReLU, conv1x1 C'->C', layer.py:97-102; ``single``, one conv1x1 C->C');
 2. unproject every view's feature map into a G^3 voxel grid over the normalised scene
    (``voxel_grid``), keeping each voxel's per-view feature, visibility, depth and direction;
 3. aggregate the views IBRNet-style into one grid (``aggregate``), conditioned on each view's
@@ -12,17 +15,24 @@ the transformers of the UNet's widest stages. For the N views of each object:
    timestep (the reference takes the last view's, assuming clean condition views come first; the
    largest does not depend on the views' order);
 5. volume-render the grid into every view at the feature map's resolution (``volume_render``;
-   ``ray_directions``: the rays its direction encoder sees, the reference's or unit vectors);
-6. map the rendered C' features and opacity back to C channels with a small 1x1 convolution stack
-   whose last layer starts at zero, and add the result to the input (residual).
+   ``ray_directions``: the rays its direction encoder sees, the reference's or unit vectors):
+   C' features over a background of ones, and the opacity m;
+6. map the rendered features back to C channels (``model.projection_out``): ``multiple``, the
+   reference's foreground and background stacks conv1x1 C'->C' + ReLU, C'->C + ReLU, C->C
+   blended m fg + (1 - m) bg (layer.py:130-145, :365-373); ``single``, the same blend of two
+   conv1x1 C'->C; ``zero``, [features, m] -> C' -> SiLU -> C with the last conv zero, so that a
+   layer whose output is added (``residual``) starts at exactly nothing.
 
-So the layer contributes exactly zero at initialisation, and the augmented UNet starts as the base
-UNet. The geometry (unprojection, ray sampling, compositing) runs in float32 whatever the model's
-dtype; the learned parts run in their parameters' dtype. Views can be left out of the grid
-(``unprojected``), as the reference leaves out the last, novel view during training.
+What the UNet does with the output is its merge (``multiview_unet``): ``replace`` makes it the
+transformer block's features, ``residual`` adds it to the transformer's output. The geometry
+(unprojection, ray sampling, compositing) runs in float32 whatever the model's dtype; the learned
+parts run in their parameters' dtype. Views can be left out of the grid (``unprojected``), as the
+reference leaves out the last, novel view during training.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.utils.checkpoint
@@ -33,6 +43,42 @@ from viewdiff.model.aggregate import IBRNetAggregator
 from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, RayDirections, VolumeRenderer
 from viewdiff.model.voxel_grid import unproject, usable_voxels
 from viewdiff.model.voxel_unet import group_count, make_voxel_unet
+
+ProjectionMerge = Literal["replace", "residual"]
+ProjectionIn = Literal["multiple", "single"]
+ProjectionOut = Literal["multiple", "single", "zero"]
+
+
+def conv_relu(channels_in: int, channels_out: int, kernel_size: int) -> nn.Sequential:
+    """A same-size convolution followed by a ReLU (the reference's ``ConvBlock`` without norm)."""
+    conv = nn.Conv2d(channels_in, channels_out, kernel_size, padding=kernel_size // 2)
+    return nn.Sequential(conv, nn.ReLU())
+
+
+def make_projection_in(mode: str, channels: int, grid_channels: int) -> nn.Module:
+    """Features C -> C' before unprojection: ``multiple`` or ``single`` (see the module)."""
+    if mode == "single":
+        return nn.Conv2d(channels, grid_channels, kernel_size=1)
+    if mode == "multiple":
+        return nn.Sequential(
+            conv_relu(channels, channels, 3),
+            conv_relu(channels, grid_channels, 3),
+            nn.Conv2d(grid_channels, grid_channels, kernel_size=1),
+        )
+    raise ValueError(f"model.projection_in: unknown {mode!r}; one of multiple, single")
+
+
+def make_projection_out(mode: str, grid_channels: int, channels: int) -> nn.Module:
+    """One rendered-features C' -> C stack of ``multiple`` or ``single`` (see the module)."""
+    if mode == "single":
+        return nn.Conv2d(grid_channels, channels, kernel_size=1)
+    if mode == "multiple":
+        return nn.Sequential(
+            conv_relu(grid_channels, grid_channels, 1),
+            conv_relu(grid_channels, channels, 1),
+            nn.Conv2d(channels, channels, kernel_size=1),
+        )
+    raise ValueError(f"model.projection_out: unknown {mode!r}; one of multiple, single, zero")
 
 
 def aggregate_views(
@@ -70,7 +116,12 @@ def aggregate_views(
 
 
 class ProjectionLayer(nn.Module):
-    """Unproject -> aggregate -> 3D UNet -> volume render, for C-channel feature maps."""
+    """Unproject -> aggregate -> 3D UNet -> volume render, for C-channel feature maps.
+
+    The defaults build the layer of exports saved before ``model.projection_merge`` (a residual
+    starting at zero); ``MultiViewUNet`` builds it from the model config (the paper's: replace,
+    multiple, multiple).
+    """
 
     def __init__(
         self,
@@ -85,8 +136,13 @@ class ProjectionLayer(nn.Module):
         density_noise: float = 0.0,
         ray_directions: RayDirections = "unnormalised",
         voxel_unet: str = "reference",
+        merge: ProjectionMerge = "residual",
+        projection_in: ProjectionIn = "single",
+        projection_out: ProjectionOut = "zero",
     ) -> None:
         super().__init__()
+        if merge not in ("replace", "residual"):
+            raise ValueError(f"model.projection_merge: unknown {merge!r}; one of replace, residual")
         if grid_size < 2 or grid_size % 2:
             raise ValueError(f"model.voxel_grid_size must be even and >= 2, got {grid_size}")
         if num_samples < 2:
@@ -99,21 +155,30 @@ class ProjectionLayer(nn.Module):
         self.grid_size = grid_size
         self.background = background
         self.checkpointing = checkpointing
-        self.norm = nn.GroupNorm(group_count(channels), channels)
-        self.compress = nn.Conv2d(channels, grid_channels, kernel_size=1)
+        self.merge = merge
+        if merge == "replace":
+            self.norm: nn.Module = nn.LayerNorm(channels)  # the reference's norm_cf
+        else:
+            self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.compress = make_projection_in(projection_in, channels, grid_channels)
         self.aggregator = IBRNetAggregator(grid_channels, temb_dim)
         self.voxel_unet = make_voxel_unet(voxel_unet, grid_channels)
         self.renderer = VolumeRenderer(
             grid_channels, num_samples, background, disparity_at_infinity, ray_directions
         )
-        self.expand = nn.Sequential(
-            nn.Conv2d(grid_channels + 1, grid_channels, kernel_size=1),
-            nn.SiLU(),
-            nn.Conv2d(grid_channels, channels, kernel_size=1),
-        )
-        # Zero-initialised output (as ControlNet's zero convolutions): no contribution at start.
-        for parameter in self.expand[-1].parameters():  # its weight and bias
-            nn.init.zeros_(parameter)
+        self.projection_out = projection_out
+        if projection_out == "zero":
+            self.expand = nn.Sequential(
+                nn.Conv2d(grid_channels + 1, grid_channels, kernel_size=1),
+                nn.SiLU(),
+                nn.Conv2d(grid_channels, channels, kernel_size=1),
+            )
+            # Zero-initialised output (as ControlNet's zero convolutions): no contribution.
+            for parameter in self.expand[-1].parameters():  # its weight and bias
+                nn.init.zeros_(parameter)
+        else:  # PyTorch's default initialisation, as the reference's
+            self.expand_foreground = make_projection_out(projection_out, grid_channels, channels)
+            self.expand_background = make_projection_out(projection_out, grid_channels, channels)
 
     def forward(
         self,
@@ -127,7 +192,7 @@ class ProjectionLayer(nn.Module):
         unprojected: Tensor | None = None,
         noise_generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Residual (B*N, C, h, w) for features (B*N, C, h, w) of N posed views per object.
+        """Output (B*N, C, h, w) for features (B*N, C, h, w) of N posed views per object.
 
         K (B*N, 3, 3) in pixels of images of size ``image_size_hw``, w2c (B*N, 4, 4) in the
         normalised scene, temb (B*N, T) the UNet's time embedding, timesteps (B*N,),
@@ -139,7 +204,7 @@ class ProjectionLayer(nn.Module):
             raise ValueError(
                 f"projection layer: {rows} rows are not whole objects of {n_views} views"
             )
-        compressed = self.compress(self.norm(features))  # (B*N, C', h, w)
+        compressed = self.compress(self.normalise(features))  # (B*N, C', h, w)
         K_features = resize_intrinsics(K.float(), image_size_hw, (height, width))
         noise = self.draw_density_noise(rows // n_views, n_views * height * width, noise_generator)
         inputs = (compressed, K_features, w2c.float(), temb, timesteps, unprojected, noise)
@@ -149,7 +214,22 @@ class ProjectionLayer(nn.Module):
             )
         else:
             rendered = self._lift_and_render(*inputs, n_views)
-        return self.expand(rendered.to(features.dtype))  # (B*N, C, h, w)
+        return self.expand_rendered(rendered.to(features.dtype))  # (B*N, C, h, w)
+
+    def normalise(self, features: Tensor) -> Tensor:
+        """The input norm of features (B*N, C, h, w): LayerNorm over channels or GroupNorm."""
+        if isinstance(self.norm, nn.LayerNorm):
+            return self.norm(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.norm(features)
+
+    def expand_rendered(self, rendered: Tensor) -> Tensor:
+        """Rendered features and opacity (B*N, C'+1, h, w) -> the layer's output (B*N, C, h, w)."""
+        if self.projection_out == "zero":
+            return self.expand(rendered)
+        features, opacity = rendered[:, :-1], rendered[:, -1:]
+        foreground = self.expand_foreground(features)
+        background = self.expand_background(features)
+        return opacity * foreground + (1 - opacity) * background
 
     def draw_density_noise(
         self, objects: int, rays: int, generator: torch.Generator | None
