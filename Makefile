@@ -66,7 +66,7 @@ demo: $(STAMP)
 	$(BIN)/python data/make_synthetic.py --out $(DEMO)/co3d --style toy --sequences 2 --frames 12 \
 		--size 96x96 --overwrite
 	$(BIN)/python data/prepare_co3d.py --co3d-root $(DEMO)/co3d --out $(DEMO)/shards --size 64 \
-		--samples-per-shard 4
+		--samples-per-shard 4 --crop object
 	$(BIN)/python data/preview_batch.py --shards $(DEMO)/shards --out $(DEMO)/batch.png --n-views 4
 	rm -rf $(DEMO)/train
 	HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/toy_cpu.yaml \
@@ -95,9 +95,9 @@ toy: $(STAMP)
 	$(BIN)/python data/make_synthetic.py --out $(TOY)/co3d/heldout --style toy --sequences 20 \
 		--frames 12 --size 96x96 --points 500 --seed 1 --overwrite
 	$(BIN)/python data/prepare_co3d.py --co3d-root $(TOY)/co3d/train --out $(TOY)/shards/train \
-		--size 64 --workers 2
+		--size 64 --workers 2 --crop object
 	$(BIN)/python data/prepare_co3d.py --co3d-root $(TOY)/co3d/heldout \
-		--out $(TOY)/shards/heldout --size 64 --split test
+		--out $(TOY)/shards/heldout --size 64 --split test --crop object
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.toy pretrain --threads 2 \
 		--shards $(TOY)/shards/train --heldout $(TOY)/shards/heldout --out $(TOY)/base
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/toy_cpu.yaml \

@@ -1,11 +1,15 @@
 """CO3D-layout captures (real CO3Dv2 or data/make_synthetic.py's) -> webdataset shards.
 
     python data/prepare_co3d.py --co3d-root DIR --out data/shards/co3d --size 256 \\
-        [--categories teddybear hydrant] [--max-frames 100] [--workers 8] [--subset fewview_dev]
+        [--crop full|object] [--categories teddybear hydrant] [--max-frames 100] [--workers 8] \\
+        [--subset fewview_dev]
 
-Each sequence becomes one sample (a long one several, each spread around the whole orbit),
-cropped around the object, in the normalised scene (object box [-1, 1]^3, +z up). Re-running
-skips shards that are already complete. See viewdiff/data/shards.py for the format.
+Each sequence becomes one sample (a long one several, each spread around the whole orbit), in
+the normalised scene (object box [-1, 1]^3, +z up). ``--crop full`` (the paper's) stores every
+frame whole, its short side --size px, for the stream's random squares (data.crop:
+random_square); ``--crop object`` stores --size px squares around the object (data.crop:
+object). Re-running skips shards that are already complete. See viewdiff/data/shards.py for the
+format and viewdiff/data/crops.py for the crops.
 """
 
 from __future__ import annotations
@@ -26,14 +30,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--co3d-root", type=Path, required=True, help="CO3D-layout root folder")
     parser.add_argument("--out", type=Path, required=True, help="shard folder (local disk)")
-    parser.add_argument("--size", type=int, default=256, help="side of the square views, px")
+    parser.add_argument(
+        "--size", type=int, default=256, help="side of the views (full frames: short side), px"
+    )
+    parser.add_argument(
+        "--crop", choices=("full", "object"), default="full",
+        help="full: whole frames, cut to random squares when streamed (data.crop random_square, "
+        "the paper's); object: squares around the object (data.crop object)",
+    )  # fmt: skip
     parser.add_argument("--categories", nargs="*", help="categories (default: all in the root)")
     parser.add_argument("--subset", help="CO3D subset list, e.g. fewview_dev (default: all)")
     parser.add_argument("--split", default="train", help="shard name prefix; the subset's split")
     parser.add_argument("--max-frames", type=int, default=100, help="most views per sample")
     parser.add_argument("--min-frames", type=int, default=5, help="fewest views per sample")
     parser.add_argument("--samples-per-shard", type=int, default=64, help="samples per tar")
-    parser.add_argument("--crop-margin", type=float, default=0.1, help="crop margin per side")
+    parser.add_argument("--crop-margin", type=float, default=0.1, help="object crop margin/side")
     parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of views")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample-to-shard order")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -69,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     options = ShardOptions(
         image_size=args.size,
+        crop=args.crop,
         max_frames=args.max_frames,
         min_frames=args.min_frames,
         crop_margin=args.crop_margin,

@@ -20,6 +20,7 @@ from torch import Tensor
 from viewdiff.cameras.conventions import resize_intrinsics
 from viewdiff.commands.options import pixel_size, positive_int, view_count
 from viewdiff.config import DataConfig
+from viewdiff.data.crops import SHARD_CROP, written_crop
 from viewdiff.data.shard_manifest import read_manifest
 from viewdiff.data.stream import build_loader
 from viewdiff.visualize import draw_box_views, image_grid, to_pil
@@ -63,24 +64,32 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--batch-size", type=positive_int, default=4, help="objects (rows)")
     parser.add_argument("--view-sampling", choices=("random", "spread", "mix"), default="spread")
     parser.add_argument("--image-size", type=pixel_size, help="view size (default: the manifest's)")
+    parser.add_argument(
+        "--crop", choices=tuple(SHARD_CROP),
+        help="data.crop (default: the one the manifest's views were written for)",
+    )  # fmt: skip
     parser.add_argument("--display-size", type=pixel_size, default=192, help="drawn size of a view")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.out.is_dir():
         parser.error(f"--out {args.out} is a folder; give the PNG file to write")
-    size = args.image_size
-    if size is None:
-        if not Path(args.shards).is_dir():
-            parser.error(f"--shards {args.shards}: not a shard folder (a URL needs --image-size)")
+    size, crop = args.image_size, args.crop
+    if Path(args.shards).is_dir() and (size is None or crop is None):
         try:
-            size = read_manifest(args.shards)["image_size"]
+            manifest = read_manifest(args.shards)
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
+        size = size or manifest["image_size"]
+        streamed_as = {kind: mode for mode, kind in SHARD_CROP.items()}  # written -> data.crop
+        crop = crop or streamed_as.get(written_crop(manifest), "random_square")  # prior: either
+    if size is None:
+        parser.error(f"--shards {args.shards}: not a shard folder (a URL needs --image-size)")
     data = DataConfig(
         shards=args.shards,
         image_size=size,
         n_views=args.n_views,
         view_sampling=args.view_sampling,
+        crop=crop or "random_square",
         num_workers=0,
         shuffle_buffer=args.batch_size,
     )

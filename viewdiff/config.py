@@ -176,7 +176,7 @@ class DataConfig:
 
     image_size: int = 256
     """Side of the square views fed to the model, in pixels (a multiple of 8); shards of larger
-    views are decoded down to it (JPEG draft mode, then a resize), smaller ones are refused."""
+    views (full frames: a larger short side) are decoded down to it, smaller ones are refused."""
 
     n_views: int = 5
     """N: views of one object per sample, denoised jointly."""
@@ -192,10 +192,29 @@ class DataConfig:
     shuffle_buffer: int = 500
     """Samples held in webdataset's shuffle buffer."""
 
+    crop: Literal["random_square", "object"] = "random_square"
+    """How a view is cut from its frame. ``random_square``: the reference's ``batch.crop
+    random`` (train.sh; co3d_dataset.py:831-846, util.py:113-123): a square of side min(H, W)
+    at a random offset in the whole frame, drawn per view (torchvision's RandomCrop.get_params:
+    every offset equally likely), the principal point shifted by it (co3d_dataset.py:457-463);
+    the object stays small and off-centre. Needs full-frame shards (``prepare_co3d.py --crop
+    full``). ``object``: a square around the object, 10% margin per side, cut when the shards
+    were written (``prepare_co3d.py --crop object``; configs saved before this key,
+    ``LEGACY_DEFAULTS``). Shards of the other kind are refused."""
+
+    caption_fallback: Literal["empty", "category"] = "empty"
+    """Prompt of a sequence without captions: ``empty`` "" (the reference's get_blip_prompt,
+    co3d_dataset.py:719-728) or ``category`` "a <category>" (configs saved before this key,
+    ``LEGACY_DEFAULTS``). A sequence with captions gets one of them at random."""
+
     def check(self) -> None:
         """Refuse batch shapes that cannot be drawn, naming the key."""
         check_ranges(self, "data.", {"n_views": "at least 1", "num_workers": ">= 0",
                                      "shuffle_buffer": ">= 0"})  # fmt: skip
+        for key, allowed in (("crop", ("random_square", "object")),
+                             ("caption_fallback", ("empty", "category"))):  # fmt: skip
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"data.{key}: unknown {getattr(self, key)!r}; one of {allowed}")
         if self.image_size < 8 or self.image_size % 8:
             raise ConfigError(
                 f"data.image_size must be a positive multiple of 8 (the VAE), got {self.image_size}"
@@ -335,9 +354,16 @@ LEGACY_DEFAULTS = {
     ("model", "projection_in"): "single",
     ("model", "projection_out"): "zero",
     ("model", "voxel_grid_by_width"): False,
+    ("data", "crop"): "object",
+    ("data", "caption_fallback"): "category",
 }
 """Keys added after models were trained and saved: a saved config without one gets the value
 those models were built with, not today's default (so an old export loads as it trained)."""
+
+
+def legacy_values(section: str) -> dict[str, Any]:
+    """``LEGACY_DEFAULTS`` of one section: what configs saved before those keys were built with."""
+    return {key: value for (name, key), value in LEGACY_DEFAULTS.items() if name == section}
 
 
 def with_legacy_defaults(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,9 +25,12 @@ from viewdiff.data.shard_samples import crop_square, object_crop_box
 from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
 
-# 2 categories x 2 sequences x 12 frames; max 8 frames per sample -> 2 chunks of 6 per sequence.
+# 2 categories x 2 sequences x 12 frames; max 8 frames per sample -> 2 chunks of 6 per sequence,
+# cropped around the object (full-frame shards: test_crops.py).
 REPO = Path(__file__).resolve().parents[2]
-OPTIONS = ShardOptions(image_size=64, max_frames=8, min_frames=5, samples_per_shard=3)
+OPTIONS = ShardOptions(
+    image_size=64, crop="object", max_frames=8, min_frames=5, samples_per_shard=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +225,7 @@ def test_missing_files_and_point_clouds_are_skipped_and_counted(co3d_root, tmp_p
 def test_command_line_with_two_worker_processes_writes_the_same_shards(co3d_root, shards, tmp_path):
     prepare = runpy.run_path(str(REPO / "data/prepare_co3d.py"))
     argv = ["--co3d-root", str(co3d_root), "--out", str(tmp_path), "--size", "64"]
-    argv += ["--max-frames", "8", "--samples-per-shard", "3", "--workers", "2"]
+    argv += ["--crop", "object", "--max-frames", "8", "--samples-per-shard", "3", "--workers", "2"]
     manifest = prepare["main"](argv)
     assert manifest["totals"]["samples"] == 8
     assert digests(tmp_path) == digests(shards)
@@ -237,7 +240,8 @@ import resource, runpy
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 prepare = runpy.run_path({str(REPO / "data/prepare_co3d.py")!r})
 prepare["main"](["--co3d-root", {str(co3d_root)!r}, "--out", {str(tmp_path)!r}, "--size", "64",
-                 "--max-frames", "8", "--samples-per-shard", "3", "--workers", "2"])
+                 "--crop", "object", "--max-frames", "8", "--samples-per-shard", "3",
+                 "--workers", "2"])
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)

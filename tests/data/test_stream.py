@@ -40,9 +40,13 @@ from viewdiff.data.stream_views import MIX_MAX_OFFSET, mixed_views, spread_views
 from viewdiff.data.stream_workers import SkippedTally
 from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects
 
-# 2 categories x 2 sequences x 12 frames -> 8 samples of 6 views (2 chunks per sequence), 3 shards.
+# 2 categories x 2 sequences x 12 frames -> 8 samples of 6 views (2 chunks per sequence), 3 shards,
+# of views cropped around the object (data.crop: object; the random squares of full frames, the
+# default, are tested in test_crops.py).
 REPO = Path(__file__).resolve().parents[2]
-OPTIONS = ShardOptions(image_size=64, max_frames=8, min_frames=5, samples_per_shard=3)
+OPTIONS = ShardOptions(
+    image_size=64, crop="object", max_frames=8, min_frames=5, samples_per_shard=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,8 @@ def shards(co3d_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(shards: Path | str, **changes) -> DataConfig:
     """The data config of the test shards."""
-    base = DataConfig(shards=str(shards), image_size=64, n_views=4, num_workers=0, shuffle_buffer=4)
+    base = DataConfig(shards=str(shards), image_size=64, n_views=4, num_workers=0, shuffle_buffer=4,
+                      crop="object", caption_fallback="category")  # fmt: skip
     return replace(base, **changes)
 
 

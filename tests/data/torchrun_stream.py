@@ -20,7 +20,8 @@ def main(shards: str, out: str) -> None:
     """Stream 4 batches per rank with 2 workers each; gather what each rank drew."""
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    data = DataConfig(shards=shards, image_size=64, n_views=3, num_workers=2, shuffle_buffer=4)
+    data = DataConfig(shards=shards, image_size=64, n_views=3, num_workers=2, shuffle_buffer=4,
+                      crop="object")  # fmt: skip
     loader = build_loader(data, batch_size=2, seed=0, rank=rank, world_size=world_size)
     drawn = []
     for step, batch in enumerate(loader):

@@ -24,8 +24,8 @@ SKIP_REASONS = (
     "samples_too_few_frames",  # fewer than min_frames views left after dropping frames
     "frames_missing_files",  # annotated, image file missing (dropped by the reader)
     "frames_without_viewpoint",  # no camera annotation (dropped by the reader)
-    "frames_without_mask",  # no mask file: nothing to crop around
-    "frames_empty_mask",  # the object is not in the mask
+    "frames_without_mask",  # no mask file (every stored view carries its mask)
+    "frames_empty_mask",  # object crops: the object is not in the mask
     "frames_unreadable",  # image or mask could not be decoded, or sizes disagree
 )
 
@@ -64,6 +64,7 @@ def build_manifest(
         "complete": complete,
         "split": options.split,
         "image_size": options.image_size,
+        "crop": options.crop,  # how the views were cut (crops.py); absent before: "object"
         "categories": categories,  # those with samples
         "totals": {
             "shards": len(shards),

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from viewdiff.data.co3d import Co3dFrame, Co3dSequence
 
@@ -21,10 +22,13 @@ from viewdiff.data.co3d import Co3dFrame, Co3dSequence
 class ShardOptions:
     """How views are cropped, encoded and grouped into shards."""
 
-    image_size: int = 256  # side of the square views, px (the paper trains at 256)
+    image_size: int = 256  # side of the square views (full frames: short side), px; paper: 256
+    # "full": whole frames, cropped at stream time (data.crop random_square, the paper's);
+    # "object": squares around the object, cut now (data.crop object). See crops.py.
+    crop: Literal["full", "object"] = "full"
     max_frames: int = 100  # longer sequences are split into interleaved chunks
     min_frames: int = 5  # fewer views make no sample (the plane fit needs 3; N=5 in the paper)
-    crop_margin: float = 0.1  # added on each side of the mask's box, as a fraction of its size
+    crop_margin: float = 0.1  # object crops: added on each side of the mask's box, by its size
     jpeg_quality: int = 95
     samples_per_shard: int = 64
     split: str = "train"  # shard names: {split}-000000.tar; with a subset, its split is read

@@ -1,18 +1,21 @@
-"""One sample of the shards: its views cropped around the object, resized and encoded, with their
+"""One sample of the shards: its views, cut from their frames, resized and encoded, with their
 cameras in the sequence's normalised scene.
 
 A sample is a group of tar members sharing one key (webdataset splits names at the first dot):
 
     <key>.json            metadata, below
-    <key>.000.jpg         view 0: RGB, image_size x image_size, cropped around the object
-    <key>.000.mask.png    view 0's foreground mask, 8-bit grey
+    <key>.000.jpg         view 0: RGB, the whole frame or a square around the object
+    <key>.000.mask.png    view 0's foreground mask, 8-bit grey, the same size
     ...
 
 The JSON holds ``format``, ``category``, ``sequence``, ``chunk``, ``num_chunks``, ``captions``,
-``image_size``, ``similarity`` (4x4, the sequence's world -> normalised scene, for provenance)
-and ``frames``: per view its ``frame_number``, ``K`` (3x3, pixels of the stored view), ``w2c``
-(4x4, OpenCV, in the normalised scene: object box [-1, 1]^3, +z up), ``source_size_hw`` and
-``crop_box`` ([left, top, side] in source pixels). View i of ``frames`` is file ``i:03d``.
+``image_size``, ``crop``, ``similarity`` (4x4, the sequence's world -> normalised scene, for
+provenance) and ``frames``: per view its ``frame_number``, ``K`` (3x3, pixels of the stored
+view), ``w2c`` (4x4, OpenCV, in the normalised scene: object box [-1, 1]^3, +z up) and
+``source_size_hw``. View i of ``frames`` is file ``i:03d``. ``crop`` says how views were cut
+(``crops.py``): ``full``, the whole frame resized so that its short side is ``image_size``, its
+size ``size_hw`` [h, w] per view; ``object`` (and samples written before the key), an
+``image_size`` square around the object, its ``crop_box`` [left, top, side] in source pixels.
 
 Scene normalisation uses all frames of a sequence and its point cloud (as the reference's
 recentring does).
@@ -24,6 +27,7 @@ import io
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -89,10 +93,11 @@ def crop_square(
     return array[top : top + side, left : left + side]
 
 
-def encode_view(frame: Co3dFrame, w2c: torch.Tensor, options: ShardOptions) -> dict:
-    """Crop, resize and encode one frame: {"jpg", "mask.png", "meta"}; errors name the file."""
-    if frame.mask_path is None:
-        raise FrameSkipped("frames_without_mask", "no foreground mask to crop around")
+def read_frame(frame: Co3dFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's RGB image (H, W, 3) uint8 and foreground mask (H, W) in [0, 1]; errors name
+    the file."""
+    if frame.mask_path is None:  # every stored view carries its mask
+        raise FrameSkipped("frames_without_mask", "no foreground mask")
     with Image.open(frame.image_path) as opened:
         image = np.asarray(opened.convert("RGB"))
     if image.shape[:2] != tuple(frame.image_size_hw):
@@ -102,25 +107,44 @@ def encode_view(frame: Co3dFrame, w2c: torch.Tensor, options: ShardOptions) -> d
     mask = read_mask(frame.mask_path).numpy()
     if mask.shape != image.shape[:2]:
         raise ValueError(f"{frame.mask_path}: mask is {mask.shape}, image is {image.shape[:2]}")
-    left, top, side = object_crop_box(mask, options.crop_margin)
-    size = options.image_size
-    view = Image.fromarray(crop_square(image, left, top, side, "edge"))
-    view_mask = Image.fromarray(
-        (crop_square(mask, left, top, side, "constant") * 255.0).round().astype(np.uint8)
-    )
+    return image, mask
+
+
+def full_size_hw(size_hw: Sequence[int], short_side: int) -> tuple[int, int]:
+    """(h, w) of a frame resized so that its short side is ``short_side``, aspect kept."""
+    height, width = size_hw
+    scale = short_side / min(height, width)
+    return round(height * scale), round(width * scale)
+
+
+def encode_view(frame: Co3dFrame, w2c: torch.Tensor, options: ShardOptions) -> dict:
+    """Cut (``options.crop``), resize and encode one frame: {"jpg", "mask.png", "meta"}."""
+    image, mask = read_frame(frame)
+    if options.crop == "full":
+        height, width = full_size_hw(image.shape[:2], options.image_size)
+        K = resize_intrinsics(frame.K, image.shape[:2], (height, width))
+        placement = {"size_hw": [height, width]}
+    else:
+        left, top, side = object_crop_box(mask, options.crop_margin)
+        image = crop_square(image, left, top, side, "edge")
+        mask = crop_square(mask, left, top, side, "constant")
+        height = width = options.image_size
+        K = resize_intrinsics(crop_intrinsics(frame.K, left, top), (side, side), (height, width))
+        placement = {"crop_box": [left, top, side]}
+    view = Image.fromarray(image)
+    view_mask = Image.fromarray((mask * 255.0).round().astype(np.uint8))
     jpg, png = io.BytesIO(), io.BytesIO()
     # Resampling filters of PIL widen with the scale factor: the downscale is antialiased.
-    view.resize((size, size), Image.Resampling.BICUBIC).save(
+    view.resize((width, height), Image.Resampling.BICUBIC).save(
         jpg, format="JPEG", quality=options.jpeg_quality
     )
-    view_mask.resize((size, size), Image.Resampling.BILINEAR).save(png, format="PNG")
-    K = resize_intrinsics(crop_intrinsics(frame.K, left, top), (side, side), (size, size))
+    view_mask.resize((width, height), Image.Resampling.BILINEAR).save(png, format="PNG")
     meta = {
         "frame_number": frame.frame_number,
         "K": K.tolist(),
         "w2c": w2c.tolist(),
         "source_size_hw": list(frame.image_size_hw),
-        "crop_box": [left, top, side],
+        **placement,
     }
     return {"jpg": jpg.getvalue(), "mask.png": png.getvalue(), "meta": meta}
 
@@ -173,6 +197,7 @@ def encode_sample(plan: SamplePlan, options: ShardOptions) -> tuple[dict | None,
         "num_chunks": plan.num_chunks,
         "captions": list(sequence.captions),
         "image_size": options.image_size,
+        "crop": options.crop,
         "similarity": similarity.tolist(),
         "frames": metas,
     }

@@ -7,11 +7,12 @@ pass, in an order shuffled with the seed, split between ranks and then workers (
 tests); there a rank or worker may get no shard at all.
 
 Seeding. Every random choice (which shard next, the shuffle buffer, which N views, which
-caption) comes from a generator seeded by (seed, rank, DataLoader worker, stage), computed inside
-the worker when its iteration starts. Two ranks or two workers therefore draw different streams,
-and the same (seed, rank, num_workers) gives the same batches again. webdataset's own
-``ResampledShards`` seeds from the pid and the clock unless ``deterministic=True``, and then
-from its ``worker_seed`` callable, which we give the explicit rank (not the environment).
+caption, where each view's square is cut from a full frame) comes from a generator seeded by
+(seed, rank, DataLoader worker, stage), computed inside the worker when its iteration starts.
+Two ranks or two workers therefore draw different streams, and the same (seed, rank,
+num_workers) gives the same batches again. webdataset's own ``ResampledShards`` seeds from the
+pid and the clock unless ``deterministic=True``, and then from its ``worker_seed`` callable,
+which we give the explicit rank (not the environment).
 
 Skipped samples. A corrupt shard, a truncated JPEG or a sample missing a JSON key is skipped:
 the first one per worker logs a warning, all are counted, and every batch carries ``skipped``
@@ -39,7 +40,8 @@ import torch
 import webdataset as wds
 
 from viewdiff.config import DataConfig
-from viewdiff.data.shard_manifest import read_manifest
+from viewdiff.data.crops import check_crop, written_crop
+from viewdiff.data.shard_manifest import MANIFEST, read_manifest
 from viewdiff.data.stream_batches import ViewBatches, collate_views, tag_skipped
 from viewdiff.data.stream_views import DecodeViews, DrawViews
 from viewdiff.data.stream_workers import SkipCounter, stream_seed
@@ -56,8 +58,12 @@ def shuffle_samples(items: Iterable[dict], bufsize: int, seed: int, rank: int) -
     return wds.shuffle(bufsize, initial=bufsize, rng=rng)(iter(items))
 
 
-def shard_urls(shards: str, image_size: int, categories: Sequence[str] = ()) -> list[str]:
-    """Shard URLs of ``data.shards``: a folder's manifest, or any webdataset URL / brace pattern."""
+def shard_urls(
+    shards: str, image_size: int, categories: Sequence[str] = (), crop: str | None = None
+) -> list[str]:
+    """Shard URLs of ``data.shards``: a folder's manifest, or any webdataset URL / brace pattern.
+    A folder's views must be of ``image_size`` or larger, and cut as ``data.crop`` = ``crop``
+    needs (when given; a URL's samples are checked as they stream)."""
     folder = Path(shards)
     if not folder.is_dir():
         urls = wds.shardlists.expand_urls(shards)
@@ -72,6 +78,8 @@ def shard_urls(shards: str, image_size: int, categories: Sequence[str] = ()) -> 
             f"{folder}: shards hold {manifest['image_size']} px views, "
             f"data.image_size is {image_size}; prepare_co3d.py --size {image_size} makes them"
         )
+    if crop is not None:
+        check_crop(written_crop(manifest), crop, str(folder / MANIFEST))
     missing = sorted(set(categories) - set(manifest["categories"]))
     if missing:
         raise ValueError(f"{folder}: no category {missing} (it has {manifest['categories']})")
@@ -98,7 +106,7 @@ def build_pipeline(
             raise ValueError(f"{key} must be at least 1, got {value}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    urls = shard_urls(data.shards, data.image_size, data.categories)
+    urls = shard_urls(data.shards, data.image_size, data.categories, data.crop)
     counter = SkipCounter()
     if resampled:
         shards = [
@@ -121,11 +129,12 @@ def build_pipeline(
         *shards,
         # tar members -> samples grouped by key; unreadable shards are counted and skipped
         wds.tarfile_to_samples(handler=counter.handle),
-        # parse the JSON, pick N views (random or spread) and a caption, drop the other views
+        # parse the JSON, pick N views (random, spread or mix), a caption and, for full frames,
+        # each view's random square; drop the other views
         DrawViews(data, seed, rank, counter),
         # mix samples from several shards
         partial(shuffle_samples, bufsize=data.shuffle_buffer, seed=seed, rank=rank),
-        # decode JPEG/PNG, compute intensity stats and pose features
+        # decode JPEG/PNG (full frames: cut to their squares), intensity stats, pose features
         DecodeViews(data.image_size, counter),
         # B samples -> one batch dict; a last short batch only in finite mode
         wds.batched(batch_size, collation_fn=collate_views, partial=not resampled),

@@ -1,6 +1,8 @@
 """Stages of the stream from a raw webdataset sample to N decoded views: check the sample's JSON,
-choose N views (at random, or spread around the orbit) and a caption, then decode the chosen
-JPEGs and masks and compute the per-view conditions (intensity stats, pose features).
+choose N views (at random, spread around the orbit, or the reference's mix), a caption and, for
+full-frame shards, a random square of each view (``data.crop``, ``crops.py``), then decode the
+chosen JPEGs and masks, cut to their squares, and compute the per-view conditions (intensity
+stats, pose features) of the views as fed.
 
 A sample that cannot be used raises ``SampleError`` inside a stage, which counts and skips it
 (``SkipCounter``); the stream goes on.
@@ -19,9 +21,10 @@ from PIL import Image
 from torch import Tensor
 
 from viewdiff.cameras.checks import first_camera_problem
-from viewdiff.cameras.conventions import camera_centers, resize_intrinsics
+from viewdiff.cameras.conventions import camera_centers, crop_intrinsics, resize_intrinsics
 from viewdiff.cameras.pose_features import intensity_stats, pose_features
 from viewdiff.config import DataConfig
+from viewdiff.data.crops import CropMismatch, check_crop, random_square, written_crop
 from viewdiff.data.stream_workers import SkipCounter, stream_seed
 
 MAX_OTHER_CATEGORY = 10_000  # samples of unwanted categories in a row before giving up
@@ -67,6 +70,23 @@ def mixed_views(n_frames: int, n_views: int, rng: random.Random) -> list[int]:
     return [first, *others]
 
 
+def square_crops(
+    frames: list[dict], chosen: list[int], K: Tensor, size: int, rng: random.Random, where: str
+) -> tuple[list[tuple[int, int, int]], Tensor]:
+    """A random square (left, top, side) of each chosen full-frame view and its intrinsics
+    (V, 3, 3) at ``size`` px: the principal point shifted by the square's offset, as the
+    reference's convert_camera does (co3d_dataset.py:457-463), then scaled to ``size``."""
+    boxes, cropped = [], []
+    for i in chosen:
+        if "size_hw" not in frames[i]:
+            raise SampleError(f"{where}: frames[{i}] of a full-frame sample has no key 'size_hw'")
+        left, top, side = random_square(tuple(frames[i]["size_hw"]), rng)
+        boxes.append((left, top, side))
+        shifted = crop_intrinsics(K[i], left, top)
+        cropped.append(resize_intrinsics(shifted, (side, side), (size, size)))
+    return boxes, torch.stack(cropped)
+
+
 def _located(error: Exception, where: str) -> Exception:
     """The error, as a SampleError that names the shard and sample if it does not already."""
     if isinstance(error, SampleError):
@@ -105,6 +125,7 @@ class DrawViews:
     def __init__(self, data: DataConfig, seed: int, rank: int, counter: SkipCounter) -> None:
         self.n_views, self.view_sampling = data.n_views, data.view_sampling
         self.image_size, self.categories = data.image_size, set(data.categories)
+        self.crop, self.caption_fallback = data.crop, data.caption_fallback
         self.seed, self.rank, self.counter = seed, rank, counter
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
@@ -115,6 +136,8 @@ class DrawViews:
                 meta = read_sample_meta(sample)
                 wanted = not self.categories or meta["category"] in self.categories
                 item = self.draw(sample, meta, rng) if wanted else None
+            except CropMismatch:  # the config's, not the sample's fault: skipping would hide it
+                raise
             except Exception as error:  # anything a corrupt sample raises
                 where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
                 self.counter.handle(_located(error, where))
@@ -131,6 +154,8 @@ class DrawViews:
     def draw(self, sample: dict, meta: dict, rng: random.Random) -> dict:
         """The chosen views of one checked sample."""
         where = f"{sample['__url__']}: sample {sample['__key__']}"
+        written = written_crop(meta)
+        check_crop(written, self.crop, where)
         frames = meta["frames"]
         if len(frames) < self.n_views:
             raise SampleError(f"{where}: {len(frames)} views, fewer than n_views={self.n_views}")
@@ -151,16 +176,25 @@ class DrawViews:
         else:
             chosen = rng.sample(range(len(frames)), self.n_views)
         captions = meta["captions"]
+        # The reference: a random caption of the sequence, "" without (co3d_dataset.py:719-728).
+        fallback = "" if self.caption_fallback == "empty" else f"a {meta['category']}"
+        prompt = rng.choice(captions) if captions else fallback
+        if written == "full":  # drawn last: samples of object crops draw what they always did
+            boxes, K_views = square_crops(frames, chosen, K, self.image_size, rng, where)
+            sizes = [tuple(frames[i]["size_hw"]) for i in chosen]
+        else:  # the stored squares, at the size they are decoded to
+            K_views = resize_intrinsics(K[chosen], (stored, stored), (self.image_size,) * 2)
+            boxes, sizes = [None] * len(chosen), [(stored, stored)] * len(chosen)
         return {
             "key": sample["__key__"],
             "category": meta["category"],
             "sequence": meta["sequence"],
-            "prompt": rng.choice(captions) if captions else f"a {meta['category']}",
+            "prompt": prompt,
             "jpg": [sample[f"{i:03d}.jpg"] for i in chosen],
             "png": [sample[f"{i:03d}.mask.png"] for i in chosen],
-            # the stored views' intrinsics, at the size they are decoded to
-            "K": resize_intrinsics(K[chosen], (stored, stored), (self.image_size,) * 2),
-            "stored_size": stored,
+            "K": K_views,
+            "sizes_hw": sizes,  # of the stored views
+            "boxes": boxes,  # (left, top, side) of each view's square; None: the stored view
             "w2c": w2c[chosen],
             "frame_numbers": torch.tensor([frames[i]["frame_number"] for i in chosen]),
             "similarity": torch.tensor(meta["similarity"], dtype=torch.float64),
@@ -173,6 +207,26 @@ class DrawViews:
 
 # How views stored larger than data.image_size are resized: as prepare_co3d.py resized them.
 RESAMPLING = {"RGB": Image.Resampling.BICUBIC, "L": Image.Resampling.BILINEAR}
+
+
+def decode_view(
+    data: bytes, mode: str, size: int, where: str, size_hw: tuple[int, int], box: tuple | None
+) -> np.ndarray:
+    """A stored view of ``size_hw`` as a fully decoded uint8 array of ``size`` px: a square view
+    as it is (``box`` None, ``decode_image``), a full frame cut to the square ``box`` (left, top,
+    side) and resized (when side != size). A mask is cut with its image's square, as the
+    reference cuts its foreground mask (co3d_dataset.py:835-839)."""
+    if box is None:
+        return decode_image(data, mode, size, where, size_hw[0])
+    left, top, side = box
+    with Image.open(io.BytesIO(data)) as image:
+        if image.size != (size_hw[1], size_hw[0]):
+            expected = f"{size_hw[1]}x{size_hw[0]}"
+            raise SampleError(f"{where}: a view is {image.size}, expected {expected}")
+        square = image.convert(mode).crop((left, top, left + side, top + side))
+    if side == size:
+        return np.array(square)
+    return np.array(square.resize((size, size), RESAMPLING[mode]))
 
 
 def decode_image(
@@ -210,9 +264,12 @@ class DecodeViews:
     def decode(self, item: dict) -> dict:
         """Images and masks as bytes (floats come in the main process, ``ViewBatches``) and the
         per-view conditions of one sample."""
-        size, stored, where = self.image_size, item["stored_size"], item["where"]
-        rgb = np.stack([decode_image(data, "RGB", size, where, stored) for data in item["jpg"]])
-        grey = np.stack([decode_image(data, "L", size, where, stored) for data in item["png"]])
+        size, where = self.image_size, item["where"]
+        views = list(zip(item["sizes_hw"], item["boxes"], strict=True))  # a mask as its image
+        rgb = np.stack([decode_view(data, "RGB", size, where, *view)
+                        for data, view in zip(item["jpg"], views, strict=True)])  # fmt: skip
+        grey = np.stack([decode_view(data, "L", size, where, *view)
+                         for data, view in zip(item["png"], views, strict=True)])  # fmt: skip
         images = torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
         masks = torch.from_numpy(grey)[:, None]  # (N, 1, H, W) uint8
         # Statistics of the [-1, 1] images: x = u / 127.5 - 1 for bytes u.

@@ -52,7 +52,9 @@ def make_toy_shards(
         out / "co3d", None, sequences, frames, (96, 96), seed, points=500, overwrite=True,
         style="toy",
     )  # fmt: skip
-    options = ShardOptions(image_size=image_size, min_frames=min(5, frames), max_frames=frames)
+    options = ShardOptions(  # cut around the object, as the toy prior was trained
+        image_size=image_size, min_frames=min(5, frames), max_frames=frames, crop="object"
+    )
     write_shards(root, out / "shards", options)
     return out / "shards"
 

@@ -115,7 +115,7 @@ def check_shards(config: Config) -> None:
 def check_shard_source(key: str, data: DataConfig) -> None:
     """The shards of ``data.shards`` exist; errors name the config ``key``."""
     try:
-        urls = shard_urls(data.shards, data.image_size, data.categories)
+        urls = shard_urls(data.shards, data.image_size, data.categories, data.crop)
     except (OSError, ValueError) as error:
         raise InputError(f"{key}={data.shards!r}: {error}") from None
     # Local files (of a manifest, a path or a brace pattern) must exist; URLs are the loader's.
