@@ -53,8 +53,9 @@ import viewdiff.training.early_signals  # noqa: F401
 from accelerate.utils import set_seed
 
 from viewdiff.commands.options import add_config_arguments, config_from_args
-from viewdiff.config import Config, config_to_yaml
+from viewdiff.config import Config
 from viewdiff.prior.camera_record import CameraRecord
+from viewdiff.reference_settings import annotate_yaml
 from viewdiff.training.checkpoints import DiskFullError, latest_checkpoint, register_weight_hooks
 from viewdiff.training.loop import run_loop
 from viewdiff.training.optim import build_optimizer, parameter_groups
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(parser, args)
     if args.print_config:
-        print(config_to_yaml(config), end="")
+        print(annotate_yaml(config), end="")
         return 0
     # Inputs: values, shards, base model, the checkpoint to resume: before any compute (exit 2).
     try:

@@ -179,9 +179,10 @@ class DrawViews:
         # The reference: a random caption of the sequence, "" without (co3d_dataset.py:719-728).
         fallback = "" if self.caption_fallback == "empty" else f"a {meta['category']}"
         prompt = rng.choice(captions) if captions else fallback
+        boxes: list[tuple[int, int, int] | None]
         if written == "full":  # drawn last: samples of object crops draw what they always did
-            boxes, K_views = square_crops(frames, chosen, K, self.image_size, rng, where)
-            sizes = [tuple(frames[i]["size_hw"]) for i in chosen]
+            squares, K_views = square_crops(frames, chosen, K, self.image_size, rng, where)
+            boxes, sizes = list(squares), [tuple(frames[i]["size_hw"]) for i in chosen]
         else:  # the stored squares, at the size they are decoded to
             K_views = resize_intrinsics(K[chosen], (stored, stored), (self.image_size,) * 2)
             boxes, sizes = [None] * len(chosen), [(stored, stored)] * len(chosen)
