@@ -73,7 +73,8 @@ TINY_TRAIN = ("--full", "--device", "cpu", "--dtype", "no", "--sizes", "tiny", "
 PARTS: dict[str, Part] = {
     "model_step": Part(
         "One multi-view UNet forward + backward per component (stock, +cfa, +pose-lora, "
-        "+projection, all): SD 2.1 base size, 256 px, N=5, bf16, peak memory.",
+        "+projection, all): SD 2.1 base size, 256 px, N=5, bf16, peak memory; the paper's "
+        "projection layers (inside the transformer blocks, the reference's stacks).",
         "bench/model_step.py", ("--full",),
         ("--full", *CPU, "--unet", "tiny", "--resolutions", "64", "--steps", "1", "--small-3d"),
         90),
@@ -119,6 +120,14 @@ PARTS: dict[str, Part] = {
         ("--full", *CPU, "--size", "tiny", "--small-3d", "--steps", "2", "--skip", "1",
          "--views", "2"),
         75),
+    "model_step_before": Part(
+        "The same step with the projection layers of exports saved before the paper's layout "
+        "(a residual after each transformer, 1x1 stacks, the compact 3D UNet): what the "
+        "paper's layout costs.",
+        "bench/model_step.py", ("--full", "--variants", "+projection", "all", "--saved-before"),
+        ("--full", *CPU, "--unet", "tiny", "--resolutions", "64", "--steps", "1", "--small-3d",
+         "--variants", "all", "--saved-before"),
+        60),
     # Last: on a tight budget the other parts come first.
     "train_memory": Part(
         "Peak memory of the issue's memory setting: the train step with checkpointing at B=1 "

@@ -33,7 +33,7 @@ from torch import nn
 from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.cameras.pose_features import pose_features
 from viewdiff.commands.options import positive_int
-from viewdiff.config import ModelConfig
+from viewdiff.config import ModelConfig, legacy_values
 from viewdiff.model import MultiViewUNet
 from viewdiff.tiny import build_unet, sd21_base_unet_config, unet_config
 
@@ -57,13 +57,19 @@ VARIANTS: dict[str, dict[str, bool] | None] = {
 SMALL_3D = {"projection_channels": 8, "voxel_grid_size": 8, "render_samples": 8}
 
 
-def build_model(unet_cfg: dict, variant: str, small_3d: bool) -> nn.Module:
-    """The UNet of a benchmark variant: stock, or a MultiViewUNet with some additions."""
+def build_model(unet_cfg: dict, variant: str, small_3d: bool, saved_before: bool) -> nn.Module:
+    """The UNet of a benchmark variant: stock, or a MultiViewUNet with some additions (the
+    paper's, or with ``saved_before`` those of exports saved before the paper's layout)."""
     unet = build_unet(unet_cfg, seed=0)
     switches = VARIANTS[variant]
     if switches is None:
         return unet
-    config = dataclasses.replace(ModelConfig(), **switches, **(SMALL_3D if small_3d else {}))
+    config = dataclasses.replace(
+        ModelConfig(),
+        **(legacy_values("model") if saved_before else {}),
+        **switches,
+        **(SMALL_3D if small_3d else {}),
+    )
     return MultiViewUNet(unet, config)
 
 
@@ -148,6 +154,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=list(DTYPES), help="default fp32; bf16 with --full")
     parser.add_argument("--unet", choices=list(UNETS), help="the --full UNet (default sd21)")
     parser.add_argument("--small-3d", action="store_true", help="C'=8, G=8, 8 samples per ray")
+    parser.add_argument(
+        "--params-only", action="store_true", help="count the parameters, no step (fast)"
+    )
+    parser.add_argument(
+        "--saved-before",
+        action="store_true",
+        help="the projection layers of exports saved before the paper's layout (residual after "
+        "each transformer, 1x1 stacks, compact 3D UNet: config.LEGACY_DEFAULTS)",
+    )
     add_json_option(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if args.full else "cpu"))
@@ -171,13 +186,26 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.dtype]
     torch.set_grad_enabled(True)
     records = JsonRecords(args.json)
+    layout = "saved-before" if args.saved_before else "paper"
     for size, resolution in args.grid:
         unet_cfg = UNETS[size]() if args.full else unet_config(size)
         for variant in args.variants:
-            model = build_model(unet_cfg, variant, args.small_3d).to(args.device).train()
+            model = build_model(unet_cfg, variant, args.small_3d, args.saved_before)
+            model = model.to(args.device).train()
             if dtype != torch.float32:
                 model.to(dtype=dtype)
             params = sum(p.numel() for p in model.parameters()) / 1e6
+            if args.params_only:
+                added = (
+                    params
+                    - sum(p.numel() for p in getattr(model, "unet", model).parameters()) / 1e6
+                )
+                print(
+                    f"{size:9s} {variant:12s} {params:8.2f}M params, {added:7.2f}M added  {layout}"
+                )
+                records.add({"unet": size, "variant": variant, "params_m": params,
+                             "added_params_m": added, "layout": layout})  # fmt: skip
+                continue
             step = make_step(model, args.views, args.objects, resolution, args.device, dtype)
             reset_peak(args.device)
             seconds = time_step(step, args.steps, args.device)
@@ -186,14 +214,15 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{size:9s} {resolution:4d}px {variant:12s} {params:8.2f}M params  "
                 f"N={args.views}x{args.objects} {args.dtype}  {seconds:8.3f} s/step  "
-                f"{images / seconds:8.2f} images/s  peak {peak_gib:.2f} GiB ({peak_kind})",
+                f"{images / seconds:8.2f} images/s  peak {peak_gib:.2f} GiB ({peak_kind})  "
+                f"{layout}",
                 flush=True,
             )
             records.add({"unet": size, "resolution": resolution, "variant": variant,
                          "params_m": params, "views": args.views, "objects": args.objects,
                          "dtype": args.dtype, "device": args.device.type, "s_per_step": seconds,
                          "images_per_s": images / seconds, "peak_gib": peak_gib,
-                         "peak_kind": peak_kind})  # fmt: skip
+                         "peak_kind": peak_kind, "layout": layout})  # fmt: skip
             del model, step
 
 

@@ -15,7 +15,9 @@ interleaved rounds, after a warm-up round:
    per-voxel layer a 1x1x1 ``nn.Conv3d`` over the full concatenation), restated here for timing
    with our aggregator's weights, so that both compute the same grid (checked before timing).
 2. the whole ``ProjectionLayer`` (compress, unproject, aggregate, 3D UNet, render, expand) with
-   the paper's settings (G=32, 128 samples per ray, background) at the feature sizes given.
+   the paper's settings (G=32, 128 samples per ray, background; the reference's proj_in/proj_out
+   stacks and 3D UNet) at the feature sizes given; ``--saved-before``: the layer of exports
+   saved before the paper's layout (1x1 stacks, the compact 3D UNet).
 
 ``--floor`` adds to the first table the time of only the operations any implementation of the
 same computation must run (``necessary_ops``: the per-voxel matrix products with their
@@ -342,8 +344,14 @@ def layer_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
     image = 64
     for feature_size in args.features:
         torch.manual_seed(0)
-        layer = ProjectionLayer(64, args.channels, 32, 128, True, TEMB_DIM).to(args.device)
-        nn.init.normal_(layer.expand[-1].weight, std=0.02)  # a trained layer's non-zero output
+        if args.saved_before:  # residual, 1x1 stacks, the compact 3D UNet
+            layer = ProjectionLayer(64, args.channels, 32, 128, True, TEMB_DIM,
+                                    voxel_unet="compact", ray_directions="normalised")  # fmt: skip
+            nn.init.normal_(layer.expand[-1].weight, std=0.02)  # a trained layer's output
+        else:  # the paper's: replacing, multiple stacks, the reference's 3D UNet
+            paper = dict(merge="replace", projection_in="multiple", projection_out="multiple")
+            layer = ProjectionLayer(64, args.channels, 32, 128, True, TEMB_DIM, **paper)
+        layer = layer.to(args.device)
         layer = layer.to(args.dtype)
         K, w2c = scene(args.views, image, args.device)
         features = torch.randn(args.views, 64, feature_size, feature_size, device=args.device)
@@ -361,12 +369,14 @@ def layer_table(args: argparse.Namespace, records: JsonRecords) -> list[dict]:
         runs = {name: functools.partial(timed, module) for name, module in variants.items()}
         medians = interleaved(runs, args.repeats)
         for name, seconds in medians.items():
-            row = {"features": feature_size, "variant": name, "ms": 1e3 * seconds}
+            row = {"features": feature_size, "variant": name, "ms": 1e3 * seconds,
+                   "layout": "saved-before" if args.saved_before else "paper"}  # fmt: skip
             rows.append(row)
             records.add({"table": "projection layer", **row})
             print(
                 f"projection layer     N={args.views} C'={args.channels} {feature_size:3d}x"
-                f"{feature_size:<3d} G= 32^3 S=128+128  {name:8s} {row['ms']:8.1f} ms fwd+bwd",
+                f"{feature_size:<3d} G= 32^3 S=128+128  {name:8s} {row['ms']:8.1f} ms fwd+bwd  "
+                f"{row['layout']}",
                 flush=True,
             )
     return rows
@@ -393,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", help="torch device (default: cpu; cuda with --full)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default fp32; bf16 with --full")
     parser.add_argument("--layer-only", action="store_true", help="only the whole-layer table")
+    parser.add_argument(
+        "--saved-before", action="store_true", help="the layer of exports before the paper's layout"
+    )
     parser.add_argument("--pieces-only", action="store_true", help="only the pieces table")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of ours")
     parser.add_argument(

@@ -16,6 +16,7 @@ SUITE = str(REPO / "bench" / "gpu_suite.py")
 # The figures each part must measure (> 0) in the smoke run.
 TIMINGS = {
     "model_step": ("s_per_step", "images_per_s", "peak_gib"),
+    "model_step_before": ("s_per_step", "images_per_s", "peak_gib"),
     "train": ("s_per_step", "views_per_s", "peak_gib", "tflop_per_step", "mfu"),
     "train_checkpointing": ("s_per_step", "views_per_s", "peak_gib", "tflop_per_step", "mfu"),
     "infer_latency": ("s_per_batch", "s_per_new_view"),
