@@ -160,7 +160,8 @@ def evaluation(args: argparse.Namespace, paths: dict[str, Path]) -> Evaluation:
     settings = load_config(REPO / "configs/toy_cpu.yaml").sample
     reference = read_shard_images(paths["reference"])
     classifier = fit_shape_classifier(unit(reference), reference.categories)
-    heldout = DataConfig(shards=str(paths["heldout"]), image_size=64, n_views=4, num_workers=0)
+    heldout = DataConfig(shards=str(paths["heldout"]), image_size=64, n_views=4, num_workers=0,
+                         crop="object")  # fmt: skip  # toy shards: cut around the object
     fit = dataclasses.replace(
         CONSISTENCY_FIT,
         iterations=args.fit_iterations,

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     save_grid(torch.cat(shown), args.work / "consistency.png", 8)
 
     # 5. Image-conditional novel views on held-out objects, and copying the given view.
-    data = DataConfig(shards=str(heldout_shards), image_size=64, n_views=4, num_workers=0)
+    data = DataConfig(shards=str(heldout_shards), image_size=64, n_views=4, num_workers=0,
+                      crop="object")  # fmt: skip  # toy shards: cut around the object
     results = evaluate_heldout(prior, data, 1, settings, args.work / "eval", args.eval_objects)
     figures["novel_views"] = summarize(results)
     copies = []

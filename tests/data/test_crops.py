@@ -19,13 +19,14 @@ from PIL import Image
 from viewdiff.cameras.conventions import project, transform_points
 from viewdiff.config import DataConfig, load_config, read_config_json, save_config
 from viewdiff.data.co3d import read_category
-from viewdiff.data.crops import CropMismatch, random_square
+from viewdiff.data.crops import CropMismatch, crop_for, random_square
 from viewdiff.data.prior_set import PriorOptions, write_prior_set
 from viewdiff.data.shard_manifest import read_manifest
 from viewdiff.data.shard_plan import ShardOptions
 from viewdiff.data.shards import write_shards
 from viewdiff.data.stream import build_loader, build_pipeline
 from viewdiff.data.synthetic import make_synthetic_dataset, read_synthetic_objects
+from viewdiff.prior.camera_record import record_shards
 
 REPO = Path(__file__).resolve().parents[2]
 # 2 categories x 2 sequences x 8 frames of 160x80 -> 4 samples of 8 views in 2 shards; full
@@ -280,6 +281,14 @@ def test_object_refuses_full_frame_shards(full_shards):
     pattern = f"{full_shards}/train-{{000000..000001}}.tar"
     with pytest.raises(CropMismatch, match=r"train-00000[01]\.tar: sample .*--crop object"):
         next(iter(build_pipeline(config(pattern, crop="object"), 2, 0)))
+
+
+def test_camera_records_read_shards_as_they_were_written(full_shards, object_shards):
+    assert crop_for(str(full_shards)) == "random_square"
+    assert crop_for(str(object_shards)) == "object"
+    assert crop_for(f"{object_shards}/train-000000.tar", default="object") == "object"
+    for shards in (full_shards, object_shards):  # each streams without a mismatch
+        assert record_shards(str(shards), SIZE, 2, max_samples=2).count == 4  # 2 x 2 views
 
 
 # Captions.

@@ -153,7 +153,7 @@ def test_replace_makes_the_block_depend_on_its_input_only_through_the_projection
     layer = model.projection_layers[key]
     side = int(hidden.shape[1] ** 0.5)  # square latents: a square token grid
     fixed = torch.randn(hidden.shape[0], hidden.shape[2], side, side)  # (B*N, C, h, w)
-    layer.forward = lambda features, *rest: fixed  # type: ignore[method-assign]
+    layer.forward = lambda features, *rest, **kwargs: fixed  # type: ignore[method-assign]
     with torch.no_grad():
         out = block(hidden, **kwargs)
         moved = block(hidden + torch.randn_like(hidden), **kwargs)
@@ -169,9 +169,9 @@ def test_replace_feeds_the_projection_the_normalised_features_and_uses_its_outpu
     seen = {}
     forward = layer.forward
 
-    def spy(features, *rest):
+    def spy(features, *rest, **kwargs):
         seen["features"] = features
-        seen["output"] = forward(features, *rest)
+        seen["output"] = forward(features, *rest, **kwargs)
         return seen["output"]
 
     layer.forward = spy  # type: ignore[method-assign]
@@ -215,3 +215,20 @@ def test_grids_scale_with_the_stage_width_as_the_references(base_unet):
     odd = ModelConfig(**{**config.__dict__, "voxel_grid_size": 6})  # 6 x 48 / 32 = 9
     with pytest.raises(ValueError, match="model.voxel_grid_by_width: a 32-channel stage"):
         MultiViewUNet(copy.deepcopy(base_unet), odd)
+
+
+def test_a_recomputed_block_reuses_the_density_noise_it_drew(base_unet):
+    # Gradient checkpointing recomputes the transformer blocks, and with them the projection
+    # layers inside; the noise drawn from the step's generator must be drawn once per call.
+    config = ModelConfig(**{**PAPER.__dict__, "density_noise": 1.0})
+    grads, built = [], MultiViewUNet(copy.deepcopy(base_unet), config)
+    for checkpointing in (False, True):
+        model = copy.deepcopy(built).train()
+        if checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        generator = torch.Generator().manual_seed(3)
+        model(**inputs(), noise_generator=generator).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
 
+from viewdiff.data.shard_manifest import read_manifest
+
+Crop = Literal["random_square", "object"]
 SHARD_CROP = {"random_square": "full", "object": "object"}
 """The kind of shards each ``data.crop`` reads."""
 
@@ -46,6 +51,16 @@ def written_crop(record: Mapping) -> str | None:
     if record.get("prior") or record.get("split") == "prior":
         return None
     return record.get("crop", "object")
+
+
+def crop_for(shards: str, default: Crop = "random_square") -> Crop:
+    """The ``data.crop`` that streams a shard folder as its manifest says it was written
+    (``default`` for URLs and the prior set, whose samples every crop reads)."""
+    if not Path(shards).is_dir():
+        return default
+    written = written_crop(read_manifest(shards))
+    crops: tuple[Crop, ...] = ("random_square", "object")
+    return next((crop for crop in crops if SHARD_CROP[crop] == written), default)
 
 
 def check_crop(written: str | None, crop: str, where: str) -> None:

@@ -20,7 +20,7 @@ processors; xformers is offered here instead (``ModelConfig.attention_backend``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -66,6 +66,9 @@ class MultiViewCondition:
     """TrAME's attention control of this call (``viewdiff.trame.attention_control``)."""
     noise_generator: torch.Generator | None = None
     """Draws the projection layers' density noise in training mode (None: torch's global RNG)."""
+    density_noise: dict[str, Tensor] = field(default_factory=dict)
+    """The density noise each projection layer drew in this call, by its key: a block that
+    gradient checkpointing recomputes finds its noise here instead of drawing other noise."""
 
 
 class MultiViewAttnProcessor:

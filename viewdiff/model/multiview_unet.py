@@ -215,8 +215,19 @@ class MultiViewUNet(nn.Module):
         )
 
     def _project(self, key: str, features: Tensor, condition: MultiViewCondition) -> Tensor:
-        """Projection layer ``key`` on feature maps (B*N, C, h, w) of this call's views."""
-        return self.projection_layers[key](
+        """Projection layer ``key`` on feature maps (B*N, C, h, w) of this call's views, with
+        the density noise it drew in this call if it runs again (a recomputed block)."""
+        layer: ProjectionLayer = self.projection_layers[key]  # type: ignore[assignment]
+        noise = condition.density_noise.get(key)
+        if noise is None:
+            rows, _, height, width = features.shape
+            rays = condition.n_views * height * width
+            noise = layer.draw_density_noise(
+                rows // condition.n_views, rays, condition.noise_generator
+            )
+            if noise is not None:
+                condition.density_noise[key] = noise
+        return layer(
             features,
             condition.K,
             condition.w2c,
@@ -225,7 +236,7 @@ class MultiViewUNet(nn.Module):
             condition.timesteps,
             condition.n_views,
             condition.unprojected,
-            condition.noise_generator,
+            density_noise=noise,
         )
 
     def _project_inside(self, key: str, hidden_states: Tensor, kwargs: dict[str, Any]) -> Tensor:

@@ -191,13 +191,15 @@ class ProjectionLayer(nn.Module):
         n_views: int,
         unprojected: Tensor | None = None,
         noise_generator: torch.Generator | None = None,
+        density_noise: Tensor | None = None,
     ) -> Tensor:
         """Output (B*N, C, h, w) for features (B*N, C, h, w) of N posed views per object.
 
         K (B*N, 3, 3) in pixels of images of size ``image_size_hw``, w2c (B*N, 4, 4) in the
         normalised scene, temb (B*N, T) the UNet's time embedding, timesteps (B*N,),
         ``unprojected`` (B*N,) bool: which views are lifted into the grid (default all), and
-        ``noise_generator`` the source of the density noise in training mode (default torch's).
+        ``noise_generator`` the source of the density noise in training mode (default torch's),
+        or ``density_noise`` that noise drawn already (``draw_density_noise``).
         """
         rows, _, height, width = features.shape
         if rows % n_views:
@@ -206,7 +208,11 @@ class ProjectionLayer(nn.Module):
             )
         compressed = self.compress(self.normalise(features))  # (B*N, C', h, w)
         K_features = resize_intrinsics(K.float(), image_size_hw, (height, width))
-        noise = self.draw_density_noise(rows // n_views, n_views * height * width, noise_generator)
+        noise = density_noise
+        if noise is None:
+            noise = self.draw_density_noise(
+                rows // n_views, n_views * height * width, noise_generator
+            )
         inputs = (compressed, K_features, w2c.float(), temb, timesteps, unprojected, noise)
         if self.checkpointing and torch.is_grad_enabled():
             rendered = torch.utils.checkpoint.checkpoint(

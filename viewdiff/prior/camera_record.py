@@ -108,9 +108,12 @@ def write_camera_distribution(export: Path, record: CameraRecord) -> Path:
 def record_shards(shards: str, image_size: int, n_views: int, max_samples: int) -> CameraRecord:
     """The cameras of up to ``max_samples`` samples of a shard set (each shard once, in order)."""
     from viewdiff.config import DataConfig
+    from viewdiff.data.crops import crop_for
     from viewdiff.data.stream import build_loader  # the data stack only when this runs
 
-    data = DataConfig(shards=shards, image_size=image_size, n_views=n_views, shuffle_buffer=1)
+    # The cameras as training saw them: cut as the shards were written to be streamed.
+    data = DataConfig(shards=shards, image_size=image_size, n_views=n_views, shuffle_buffer=1,
+                      crop=crop_for(shards))  # fmt: skip
     loader = build_loader(data, batch_size=1, seed=0, resampled=False, num_workers=0)
     record = CameraRecord()
     for index, batch in enumerate(loader):
