@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTokenizer
 
 from viewdiff.commands.options import nonnegative_float, nonnegative_int, positive_int
-from viewdiff.config import Config, load_config
+from viewdiff.config import Config, legacy_values, load_config
 from viewdiff.data.shard_plan import ShardOptions
 from viewdiff.data.shards import write_shards
 from viewdiff.data.synthetic import make_synthetic_dataset
@@ -99,8 +99,9 @@ def base_pipeline(size: str, folder: Path) -> BasePipeline:
     )
 
 
-def shards(folder: Path, image_size: int) -> Path:
-    """Synthetic objects (4 categories) packed into shards of ``image_size`` views."""
+def shards(folder: Path, image_size: int, crop: str = "full") -> Path:
+    """Synthetic objects (4 categories) packed into shards of ``image_size`` views, whole frames
+    or (``crop`` "object") cut around the object."""
     width = max(160, image_size * 5 // 4)
     root = make_synthetic_dataset(
         folder / "co3d",
@@ -111,7 +112,9 @@ def shards(folder: Path, image_size: int) -> Path:
         seed=0,
         points=500,
     )
-    options = ShardOptions(image_size=image_size, max_frames=10, min_frames=5, samples_per_shard=1)
+    options = ShardOptions(
+        image_size=image_size, max_frames=10, min_frames=5, samples_per_shard=1, crop=crop
+    )
     write_shards(root, folder / "shards", options)
     return folder / "shards"
 
@@ -140,6 +143,11 @@ def bench_config(args: argparse.Namespace, size: str, data_dir: Path, out: Path)
         mode=args.mode or config.train.mode,
         optimizer=args.optimizer or config.train.optimizer,
     )
+    if args.saved_before:  # the model, crop and loss of configs saved before the paper's layout
+        model = dataclasses.replace(config.model, **legacy_values("model"))
+        data = dataclasses.replace(data, **legacy_values("data"))
+        train = dataclasses.replace(train, loss_views=legacy_values("train")["loss_views"])
+        return dataclasses.replace(config, model=model, data=data, train=train)
     return dataclasses.replace(config, data=data, train=train)
 
 
@@ -184,7 +192,8 @@ def run(
     args: argparse.Namespace, size: str, accelerator: Accelerator, folder: Path
 ) -> tuple[str, dict]:
     """Time one size; returns its line and its figures."""
-    config = bench_config(args, size, shards(folder, RESOLUTIONS[size]), folder / "run")
+    crop = "object" if args.saved_before else "full"
+    config = bench_config(args, size, shards(folder, RESOLUTIONS[size], crop), folder / "run")
     torch.manual_seed(0)
     parts = training_parts(config, base_pipeline(size, folder), accelerator)
     data = SegmentedBatches(config.data, args.batch, 1, 10**9, seed=0)
@@ -202,12 +211,13 @@ def run(
     views = args.batch * args.views
     data_share = data.wait_seconds / args.steps / seconds
     peak_gib, peak_kind = peak_memory(device)
+    layout = "saved-before" if args.saved_before else "paper"
     line = (
         f"{size:5s} {RESOLUTIONS[size]:4d}px N={args.views} B={args.batch} {args.dtype:4s} "
         f"{config.train.mode} {config.train.optimizer} "
         f"{device.type}: {seconds:8.3f} s/step {args.batch / seconds:8.2f} samples/s "
         f"{views / seconds:8.2f} views/s  data {data_share:4.0%}  "
-        f"peak {peak_gib:.2f} GiB ({peak_kind})"
+        f"peak {peak_gib:.2f} GiB ({peak_kind})  {layout}"
     )
     record = {"size": size, "resolution": RESOLUTIONS[size], "views": args.views,
               "batch": args.batch, "dtype": args.dtype, "mode": config.train.mode,
@@ -215,7 +225,7 @@ def run(
               "gradient_checkpointing": args.gradient_checkpointing, "device": device.type,
               "s_per_step": seconds, "samples_per_s": args.batch / seconds,
               "views_per_s": views / seconds, "data_wait_share": data_share,
-              "peak_gib": peak_gib, "peak_kind": peak_kind}  # fmt: skip
+              "peak_gib": peak_gib, "peak_kind": peak_kind, "layout": layout}  # fmt: skip
     if args.flops:
         flops = step_flops(parts, data, args.warmup + args.steps)
         achieved = flops / seconds / 1e12
@@ -257,6 +267,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype", choices=list(COMPUTE_DTYPES), help="no (fp32) or bf16 with --full"
     )
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--saved-before",
+        action="store_true",
+        help="the projection layers, crop and loss of configs saved before the paper's layout "
+        "(residual after each transformer, 1x1 stacks, object crops: config.LEGACY_DEFAULTS)",
+    )
     parser.add_argument("--mode", choices=("full", "lora", "new_layers"), help="train.mode")
     parser.add_argument("--optimizer", choices=("adamw", "adamw8bit"), help="train.optimizer")
     parser.add_argument(
