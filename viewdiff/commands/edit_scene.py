@@ -40,6 +40,7 @@ from viewdiff.editing.editing_model import check_editing_model, load_editing_mod
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.trajectory import orbit_trajectory, read_trajectory
 from viewdiff.prior.load import chosen_device, read_export
+from viewdiff.run_lock import lock_folder
 from viewdiff.scene.checkpoint import CHECKPOINT
 from viewdiff.scene.gaussians import read_gaussian_ply, write_gaussian_ply
 from viewdiff.scene.turntable import mp4_available, render_turntable, write_gif, write_mp4
@@ -128,6 +129,7 @@ def trame_config(args: argparse.Namespace) -> TrameConfig:
 def run_edit_scene(args: argparse.Namespace) -> None:
     """Check everything, edit, write."""
     out = output_folder(args.out)
+    lock_folder(out, "infer.py edit-scene")  # one run per --out: it resumes from its checkpoint
     if check_editing_model(args.checkpoint, args.base) != "multiview":
         raise ValueError(f"--checkpoint {args.checkpoint}: TrAME needs a multi-view export")
     export = read_export(args.checkpoint, args.base)

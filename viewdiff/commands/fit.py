@@ -38,6 +38,7 @@ from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.read_generation import GenerationViews, read_generation_views
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.load import chosen_device
+from viewdiff.run_lock import lock_folder
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, write_gaussian_ply
 from viewdiff.scene.render import Backend
@@ -189,6 +190,7 @@ def run_fit(args: argparse.Namespace) -> None:
         except json.JSONDecodeError as error:
             raise ValueError(f"{generation}: not valid JSON ({error})") from None
     output_folder(args.out)
+    lock_folder(args.out, "infer.py fit")  # one writer per --out
     # The fit: 3DGS from Gaussians uniform in the object's ball.
     config = fit_settings(args)
     generator = torch.Generator().manual_seed(args.seed)

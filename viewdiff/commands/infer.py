@@ -36,6 +36,7 @@ from viewdiff.commands.push import add_push_command
 from viewdiff.commands.render import add_render_command
 from viewdiff.commands.sample import add_sample_command
 from viewdiff.commands.sds import add_sds_command
+from viewdiff.run_lock import released_locks
 
 # The subcommands in the order of --help; each module adds its parser and the function it runs.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        with released_locks():  # the --out folder a command locked (viewdiff.run_lock)
+            args.run(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # input errors only
         parser.exit(2, f"infer.py {args.command}: error: {error}\n")
     return 0

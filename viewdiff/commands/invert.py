@@ -43,6 +43,7 @@ from viewdiff.inference.outputs import output_folder, write_views
 from viewdiff.inference.trajectory import Trajectory, default_input_camera, read_trajectory
 from viewdiff.prior.call import decode_latents, encode_images
 from viewdiff.prior.load import chosen_device, read_export
+from viewdiff.run_lock import lock_folder
 from viewdiff.scene.losses import psnr
 from viewdiff.visualize import image_grid, to_pil
 
@@ -97,6 +98,7 @@ def run_invert(args: argparse.Namespace) -> None:
     if not args.cfg_src >= 1.0:
         raise ValueError(f"--cfg-src must be >= 1, got {args.cfg_src}")
     out = output_folder(args.out)
+    lock_folder(out, "infer.py invert")  # one writer per --out
     kind = check_editing_model(args.checkpoint, args.base)
     export = read_export(args.checkpoint, args.base) if kind == "multiview" else None
     sample = None if export is None else export.config.sample

@@ -41,6 +41,7 @@ from viewdiff.inference.inputs import load_given_views, load_single_view, read_i
 from viewdiff.inference.outputs import output_folder
 from viewdiff.inference.trajectory import default_input_camera, orbit_trajectory, read_trajectory
 from viewdiff.prior.load import ExportInfo, MultiViewPrior, chosen_device, load_export, read_export
+from viewdiff.run_lock import lock_folder
 from viewdiff.scene.checkpoint import CHECKPOINT
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
@@ -184,6 +185,7 @@ def run_sds(args: argparse.Namespace) -> None:
     if not args.prompt.strip():
         raise ValueError("--prompt is empty: SDS needs a text of the object")
     output_folder(args.out)
+    lock_folder(args.out, "infer.py sds")  # one run per --out: it resumes from its checkpoint
     export = read_export(args.checkpoint, args.base)
     config = sds_settings(args)
     size = config.image_size or export.config.data.image_size

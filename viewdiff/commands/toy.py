@@ -20,6 +20,7 @@ from viewdiff.commands.options import (
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.base_record import BASE_MODEL_FILE
 from viewdiff.prior.load import load_export
+from viewdiff.run_lock import lock_folder, released_locks
 from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW
 from viewdiff.toy.pretrain import PretrainConfig, pretrain
 from viewdiff.toy.quality import prior_views, toy_orbit
@@ -57,6 +58,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         if not (getattr(args, name) / "manifest.json").is_file():
             raise ValueError(f"--{name} {getattr(args, name)}: no manifest.json (a shard folder?)")
     check_output_folder(args.out)
+    lock_folder(args.out, "python -m viewdiff.toy pretrain")  # one run per --out: it resumes
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = PretrainConfig(
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     add_picture_command(commands)
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with released_locks():  # the --out folder pretrain locked (viewdiff.run_lock)
+            return args.run(args)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
 

@@ -56,12 +56,12 @@ from viewdiff.commands.options import add_config_arguments, config_from_args
 from viewdiff.config import Config
 from viewdiff.prior.camera_record import CameraRecord
 from viewdiff.reference_settings import annotate_yaml
+from viewdiff.run_lock import FolderInUse, RunLock, is_main_rank
 from viewdiff.training.checkpoints import DiskFullError, latest_checkpoint, register_weight_hooks
 from viewdiff.training.loop import run_loop
 from viewdiff.training.optim import build_optimizer, parameter_groups
 from viewdiff.training.preflight import InputError, check_inputs
 from viewdiff.training.run import Run
-from viewdiff.training.run_lock import RunLock, is_main_rank
 from viewdiff.training.run_setup import (
     compute_dtype,
     data_streams,
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint = check_inputs(config)
         return train(config, checkpoint)
-    except InputError as error:  # also a base pipeline that fails to load, still before compute
+    except (InputError, FolderInUse) as error:  # also a base pipeline that fails to load
         parser.error(str(error))
 
 

@@ -9,5 +9,5 @@ reproducibly; ``batches`` turns a batch into model inputs; ``step`` is one optim
 ``ema`` the moving average; ``checkpoints`` and ``export`` write the training state and the
 inference export (its format: ``viewdiff.prior``) atomically; ``signals`` turns SIGTERM/SIGUSR1
 into a checkpoint and exit status 3; ``tracking`` logs scalars and summary lines;
-``validation`` draws the validation grids; ``run_lock`` keeps one writer per run folder.
+``validation`` draws the validation grids.
 """

@@ -1,12 +1,15 @@
-"""One run per folder: ``<output_dir>/run.lock`` names the run that holds the folder.
+"""One run per folder: ``<folder>/run.lock`` names the run that holds the folder.
 
 A second ``train.py`` on the same ``train.output_dir`` would clean up the first one's
-half-written checkpoint as "incomplete" and write over its logs. The main rank (``RANK`` 0, or no
-launcher) creates the lock file atomically with its host, pid and start time before it touches
-the folder, and removes it when the run ends. A lock whose process is gone (same host, pid not
-running: a SIGKILL or a crash), or one left by an earlier run of the same Slurm job (a requeue,
-maybe on another node), is taken over with a warning; a live one, or one from another host
-(whose process cannot be checked from here), makes the second run exit 2, naming the holder.
+half-written checkpoint as "incomplete" and write over its logs; two ``infer.py sds`` (or
+``edit-scene``, ``fit``, ``invert``, ``python -m viewdiff.toy pretrain``) into one ``--out``
+would resume from each other's checkpoints and write over each other's scenes. The main rank
+(``RANK`` 0, or no launcher) creates the lock file atomically with its host, pid and start time
+before it touches the folder, and removes it when the run ends. A lock whose process is gone
+(same host, pid not running: a SIGKILL or a crash), or one left by an earlier run of the same
+Slurm job (a requeue, maybe on another node), is taken over with a warning; a live one, or one
+from another host (whose process cannot be checked from here), makes the second run exit 2,
+naming the holder.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from viewdiff.training.preflight import InputError
-
 LOCK_FILE = "run.lock"
+
+
+class FolderInUse(ValueError):
+    """The folder is held by another run (or cannot be locked)."""
 
 
 def is_main_rank() -> bool:
@@ -51,11 +58,18 @@ def read_lock(path: Path) -> dict | None:
 
 
 class RunLock:
-    """A context manager holding ``output_dir``'s lock (a no-op when ``enabled`` is False)."""
+    """A context manager holding ``folder``'s lock (a no-op when ``enabled`` is False); errors
+    name the folder as the option ``name`` that chose it, warnings come from ``program``."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True) -> None:
-        self.path = Path(output_dir) / LOCK_FILE
-        self.enabled = enabled
+    def __init__(
+        self,
+        folder: str | Path,
+        enabled: bool = True,
+        name: str = "train.output_dir",
+        program: str = "train.py",
+    ) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.enabled, self.name, self.program = enabled, name, program
         self.held = False
 
     def __enter__(self) -> RunLock:
@@ -72,7 +86,7 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
-        """Create the lock, take over a stale one, or raise an InputError naming the holder."""
+        """Create the lock, take over a stale one, or raise FolderInUse naming the holder."""
         me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -82,7 +96,7 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise InputError(f"train.output_dir {self.path.parent}: {error.strerror}") from None
+            raise FolderInUse(f"{self.name} {self.path.parent}: {error.strerror}") from None
         for _ in range(2):
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -90,15 +104,15 @@ class RunLock:
                 holder = read_lock(self.path)
                 if holder is not None and not self._stale(holder, me):
                     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))
-                    raise InputError(
-                        f"train.output_dir {self.path.parent} is in use by another run (pid "
+                    raise FolderInUse(
+                        f"{self.name} {self.path.parent} is in use by another run (pid "
                         f"{holder['pid']} on {holder['host']}, since {since}): wait for it, use "
-                        f"another train.output_dir, or delete {self.path} if that run is gone"
+                        f"another {self.name}, or delete {self.path} if that run is gone"
                     ) from None
                 what = (
                     "an unreadable lock" if holder is None else f"the lock of pid {holder['pid']}"
                 )
-                print(f"train.py: warning: taking over {what} in {self.path.parent} "
+                print(f"{self.program}: warning: taking over {what} in {self.path.parent} "
                       "(its run is not running)", file=sys.stderr)  # fmt: skip
                 self.path.unlink(missing_ok=True)
                 continue
@@ -106,7 +120,7 @@ class RunLock:
                 json.dump(me, stream)
             self.held = True
             return
-        raise InputError(f"{self.path}: could not take the run lock (another run took it first)")
+        raise FolderInUse(f"{self.path}: could not take the run lock (another run took it first)")
 
     @staticmethod
     def _stale(holder: dict, me: dict) -> bool:
@@ -123,3 +137,26 @@ class RunLock:
             if holder is not None and holder["pid"] == os.getpid():
                 self.path.unlink(missing_ok=True)
             self.held = False
+
+
+_HELD: list[RunLock] = []  # taken by lock_folder during the command now running
+
+
+def lock_folder(folder: str | Path, program: str, name: str = "--out") -> RunLock:
+    """Take ``folder``'s lock for the rest of the command (``released_locks`` gives it back):
+    called by a command once its inputs are checked, before it writes into the folder."""
+    lock = RunLock(folder, name=name, program=program)
+    lock.acquire()
+    _HELD.append(lock)
+    return lock
+
+
+@contextmanager
+def released_locks() -> Iterator[None]:
+    """Give back, when the block ends however it ends, every lock ``lock_folder`` took in it."""
+    held = len(_HELD)
+    try:
+        yield
+    finally:
+        while len(_HELD) > held:
+            _HELD.pop().release()

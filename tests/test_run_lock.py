@@ -8,15 +8,14 @@ import sys
 
 import pytest
 
-from viewdiff.training.preflight import InputError
-from viewdiff.training.run_lock import LOCK_FILE, RunLock, process_alive
+from viewdiff.run_lock import LOCK_FILE, FolderInUse, RunLock, process_alive
 
 
 def test_the_lock_names_its_holder_and_goes_with_it(tmp_path):
     with RunLock(tmp_path / "run") as lock:
         holder = json.loads(lock.path.read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-        with pytest.raises(InputError, match=rf"in use by another run \(pid {os.getpid()} on "):
+        with pytest.raises(FolderInUse, match=rf"in use by another run \(pid {os.getpid()} on "):
             RunLock(tmp_path / "run").acquire()
     assert not (tmp_path / "run" / LOCK_FILE).exists()
     with RunLock(tmp_path / "other", enabled=False):  # other ranks do not lock
@@ -42,7 +41,7 @@ def test_a_dead_runs_lock_is_taken_over_with_a_warning(tmp_path, capsys):
 
 def test_another_hosts_lock_is_not_taken(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0}))
-    with pytest.raises(InputError, match="pid 1 on elsewhere"):
+    with pytest.raises(FolderInUse, match="pid 1 on elsewhere"):
         RunLock(tmp_path).acquire()
 
 
@@ -50,7 +49,7 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch, cap
     lock = {"host": "dead-node", "pid": 1, "started": 0.0, "slurm_job": "4242"}
     (tmp_path / LOCK_FILE).write_text(json.dumps(lock))
     monkeypatch.setenv("SLURM_JOB_ID", "4241")  # another job: refused
-    with pytest.raises(InputError, match="pid 1 on dead-node"):
+    with pytest.raises(FolderInUse, match="pid 1 on dead-node"):
         RunLock(tmp_path).acquire()
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the same job, requeued on another node
     with RunLock(tmp_path):
