@@ -30,11 +30,13 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 from torch import Tensor
 
 from viewdiff.config import ConfigError, ModelConfig, config_from_dict, with_legacy_defaults
 from viewdiff.model.multiview_unet import MultiViewUNet
+from viewdiff.weights_files import DamagedFile, read_safetensors
 
 UNetWeights = Literal["full", "lora", "none"]
 FORMAT = "viewdiff.multiview/1"
@@ -167,7 +169,7 @@ def load_multiview_unet(
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing (the added weights)")
-    weights = load_file(weights_path)
+    weights = read_safetensors(weights_path)
     check_weights(model.added_state_dict(), weights, str(weights_path))
     model.load_state_dict(weights, strict=False)
     return model
@@ -196,7 +198,12 @@ def _load_unet(
     if meta["unet_weights"] == "full":
         if base_unet is not None:
             raise ValueError(f"{directory} holds its full UNet ({UNET_DIR}/): pass base_unet=None")
-        return UNet2DConditionModel.from_pretrained(directory / UNET_DIR, use_safetensors=True)
+        try:
+            return UNet2DConditionModel.from_pretrained(directory / UNET_DIR, use_safetensors=True)
+        except (OSError, SafetensorError, ValueError) as error:  # diffusers names no file
+            raise DamagedFile(
+                f"{directory / UNET_DIR}: cannot load the saved UNet: {error}"
+            ) from None
     if base_unet is None:
         raise ValueError(
             f"{directory} holds no UNet ({meta['unet_weights']!r}): pass the base UNet it was "
@@ -212,7 +219,7 @@ def _load_adapter(unet: UNet2DConditionModel, adapter_dir: Path) -> None:
     lora_config = LoraConfig.from_pretrained(str(adapter_dir))
     unet.add_adapter(lora_config)
     weights_path = adapter_dir / ADAPTER_WEIGHTS_FILE
-    weights = load_file(weights_path)
+    weights = read_safetensors(weights_path)
     check_weights(get_peft_model_state_dict(unet), weights, str(weights_path))
     result = set_peft_model_state_dict(unet, weights)
     # peft annotates the result as a bare `namedtuple`; it is torch's _IncompatibleKeys.

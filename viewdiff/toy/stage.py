@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from viewdiff.atomic_folder import atomic_folder, recover_folder
+from viewdiff.weights_files import read_safetensors
 
 CHECKPOINT = "checkpoint"
 
@@ -90,7 +91,7 @@ def load_stage(folder: Path, stage: Stage, optimizer: torch.optim.Optimizer) -> 
     state = json.loads((path / "state.json").read_text())
     if state["seed"] != stage.seed:
         raise ValueError(f"{path} was written with seed {state['seed']}, this run has {stage.seed}")
-    weights = load_file(path / "weights.safetensors")
+    weights = read_safetensors(path / "weights.safetensors")
     for name, module in stage.modules.items():
         prefix = f"{name}."
         module.load_state_dict(

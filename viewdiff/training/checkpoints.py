@@ -28,16 +28,20 @@ import errno
 import json
 import re
 import shutil
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from viewdiff.atomic_folder import OLD_SUFFIX, STAGING_SUFFIX, recover_folder, staging_path, swap_in
 from viewdiff.config import Config, save_config
 from viewdiff.model.persistence import check_weights
+from viewdiff.weights_files import read_safetensors
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
@@ -99,12 +103,47 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """What makes a complete-looking checkpoint unreadable (its file and the fault), or None.
+
+    Cheap checks that catch truncation and corruption without loading the states: every
+    safetensors header, every JSON document, and every torch archive's (optimizer, RNG states)
+    zip directory, which sits at its end.
+    """
+    for file in sorted(path.iterdir()):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(file, framework="pt"):
+                    pass
+            elif file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix in (".bin", ".pkl", ".pt") and not zipfile.is_zipfile(file):
+                return f"{file.name}: truncated or not a torch archive"
+        except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            return f"{file.name}: {error}"
+    return None
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """The checkpoint ``train.resume`` names: None, 'latest' (None if there is none), a path."""
+    """The checkpoint ``train.resume`` names: None, 'latest' (None if there is none; the newest
+    readable one, saying which damaged ones it passed over), or a path (refused if damaged)."""
     if resume is None:
         return None
     if resume == "latest":
-        return latest_checkpoint(output_dir)
+        found = complete_checkpoints(output_dir)
+        for _, path in reversed(found):
+            damage = checkpoint_damage(path)
+            if damage is None:
+                return path
+            print(f"train.py: warning: {path} is damaged ({damage}); resuming from the "
+                  "checkpoint before it", file=sys.stderr)  # fmt: skip
+        if found:
+            raise ValueError(
+                f"train.resume=latest: every checkpoint in {checkpoints_dir(output_dir)} is "
+                "damaged (see the warnings); restore one, or start over in another "
+                "train.output_dir"
+            )
+        return None
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint folder")
@@ -113,6 +152,9 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             f"train.resume={resume!r}: not a complete checkpoint (no {STATE_FILE}; "
             f"an interrupted save leaves a {STAGING_SUFFIX} folder)"
         )
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise ValueError(f"train.resume={resume!r}: damaged checkpoint: {damage}")
     return path
 
 
@@ -189,7 +231,7 @@ class TrainableWeightsHooks:
         """Load the trained weights, checked against the model, and keep accelerate from it."""
         models.clear()
         path = Path(input_dir) / WEIGHTS_FILE
-        weights = load_file(path)
+        weights = read_safetensors(path)
         check_weights(trainable_state_dict(self.model), weights, str(path))
         self.model.load_state_dict(weights, strict=False)
 
@@ -291,4 +333,4 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> TrainingState
 def load_ema_state(checkpoint: Path) -> dict[str, Tensor] | None:
     """The EMA weights of a checkpoint, or None when it has none."""
     path = Path(checkpoint) / EMA_FILE
-    return load_file(path) if path.is_file() else None
+    return read_safetensors(path) if path.is_file() else None
