@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" $(PIP_ARGS)
-	$(BIN)/python -m pip install -q -e ".[dev]" $(PIP_ARGS)
+	$(BIN)/python -m pip install -q -e ".[dev,viewer]" $(PIP_ARGS)
 	touch $@
 
 lint: $(STAMP)

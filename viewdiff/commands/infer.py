@@ -16,6 +16,7 @@ Commands:
   invert    edit-friendly DDPM inversion of real views (one, or N posed views jointly)
   edit      regenerate an inversion with a target prompt
   edit-scene  TrAME: edit a 3D Gaussian scene with the multi-view prior
+  view      see scenes, generated views and SDS / edit runs in the browser (viser)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from viewdiff.commands.push import add_push_command
 from viewdiff.commands.render import add_render_command
 from viewdiff.commands.sample import add_sample_command
 from viewdiff.commands.sds import add_sds_command
+from viewdiff.commands.view import add_view_command
 from viewdiff.run_lock import released_locks
 
 # The subcommands in the order of --help; each module adds its parser and the function it runs.
@@ -52,6 +54,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_invert_command,
     add_edit_command,
     add_edit_scene_command,
+    add_view_command,
 )
 
 
