@@ -5,7 +5,9 @@ Reads what ``infer.py sample`` / ``condition`` wrote (``viewdiff.inference.outpu
 ``scene.ply`` (standard 3DGS layout, loads in ``infer.py render``), ``fit.json`` (the fit config,
 per-view PSNR of the fitted views and of the ``--held-out`` ones, seconds, Gaussians), and a
 turntable (frames/, turntable.gif, turntable.mp4 when imageio-ffmpeg is there, cameras.json)
-on the orbit of the generation's cameras.
+on the orbit of the generation's cameras; and ``checkpoint/`` every ``--checkpoint-every``
+steps (the scene, Adam, the density statistics and the RNG, replaced atomically), from which
+``--resume OUT/checkpoint`` continues a killed fit to the very scene it would have written.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from viewdiff.inference.read_generation import GenerationViews, read_generation_
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.load import chosen_device
 from viewdiff.run_lock import lock_folder
-from viewdiff.scene.fit import FitConfig, PosedViews, fit
+from viewdiff.scene.checkpoint import CHECKPOINT
+from viewdiff.scene.fit import FitCheckpoints, FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene, write_gaussian_ply
 from viewdiff.scene.render import Backend
 from viewdiff.scene.turntable import render_turntable, save_turntable
@@ -94,6 +97,15 @@ def add_fit_command(commands: argparse._SubParsersAction) -> None:
         type=view_count,
         default=60,
         help="frames of the turntable (%(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=nonnegative_int,
+        default=500,
+        help="steps between resumable checkpoints in OUT/checkpoint (0: none; %(default)s)",
+    )
+    parser.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue from a checkpoint/ folder"
     )
     parser.set_defaults(run=run_fit)
 
@@ -189,6 +201,8 @@ def run_fit(args: argparse.Namespace) -> None:
             info = json.loads(generation.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{generation}: not valid JSON ({error})") from None
+    if args.resume is not None and not (args.resume / "state.json").is_file():
+        raise ValueError(f"--resume {args.resume}: not a fit checkpoint folder (no state.json)")
     output_folder(args.out)
     lock_folder(args.out, "infer.py fit")  # one writer per --out
     # The fit: 3DGS from Gaussians uniform in the object's ball.
@@ -199,7 +213,13 @@ def run_fit(args: argparse.Namespace) -> None:
     )
     started = time.perf_counter()
     test_views = posed_views(views, held_out) if held_out else None
-    result = fit(start, posed_views(views, fitted), config, test_views=test_views)
+    # What a resumed run must share with the checkpoint's (else it would not continue it).
+    recipe = json.loads(json.dumps(dataclasses.asdict(config)))
+    run = {"views": str(args.views.resolve()), "seed": args.seed, "gaussians": args.gaussians,
+           "held_out": list(held_out), "fit": recipe}  # fmt: skip
+    checkpoints = FitCheckpoints(args.out / CHECKPOINT, args.checkpoint_every, run)
+    result = fit(start, posed_views(views, fitted), config, test_views=test_views,
+                 checkpoints=checkpoints, resume=args.resume)  # fmt: skip
     # The outputs.
     write_gaussian_ply(args.out / "scene.ply", result.scene)
     orbit = turntable_orbit(views)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from viewdiff.scene.checkpoint import read_checkpoint, write_checkpoint
 from viewdiff.scene.fitter import GaussianFitter
 from viewdiff.scene.gaussians import GaussianScene
 from viewdiff.scene.render import Backend
@@ -136,6 +138,46 @@ class FitResult:
     seconds: float
 
 
+FIT_STATE_FORMAT = "viewdiff.fit_state/1"
+
+
+@dataclass(frozen=True)
+class FitCheckpoints:
+    """Where and how often ``fit`` writes a resumable checkpoint, and what it must match."""
+
+    folder: Path
+    every: int  # steps between checkpoints (0: none)
+    run: dict  # what the run was started with (views, seed, ...): a resume must match it
+
+
+def save_fit_checkpoint(
+    checkpoints: FitCheckpoints, fitter: GaussianFitter, losses: list[float]
+) -> Path:
+    """Write the fitter's scene, optimiser, statistics and RNG (``viewdiff.scene.checkpoint``)."""
+    tensors, document = fitter.checkpoint_state()
+    state = {**document, "extent": fitter.extent, "losses": losses, "run": checkpoints.run}
+    return write_checkpoint(checkpoints.folder, FIT_STATE_FORMAT, fitter.scene, tensors, state)
+
+
+def resume_fitter(
+    folder: Path, views: PosedViews, config: FitConfig, run: dict, device: torch.device
+) -> tuple[GaussianFitter, list[float]]:
+    """The fitter and the losses so far of a ``save_fit_checkpoint`` folder of this run."""
+    checkpoint = read_checkpoint(folder, FIT_STATE_FORMAT, "a fit checkpoint", device)
+    state = checkpoint.state
+    if state["run"] != run:
+        differs = sorted(key for key in run.keys() | state["run"].keys()
+                         if run.get(key) != state["run"].get(key))  # fmt: skip
+        raise ValueError(
+            f"{state.path}: a checkpoint of another fit (its {', '.join(differs)} differ from "
+            "this run's): resume with the same views, seed, Gaussians and recipe"
+        )
+    scene = checkpoint.scene.with_sh_degree(config.sh_degree)
+    fitter = GaussianFitter(scene, views, config, extent=float(state["extent"]))
+    fitter.restore_checkpoint_state(checkpoint.tensors, state)
+    return fitter, [float(loss) for loss in state["losses"]]
+
+
 def fit(
     scene: GaussianScene,
     views: PosedViews,
@@ -143,24 +185,41 @@ def fit(
     test_views: PosedViews | None = None,
     callback: Callable[[GaussianFitter, float], None] | None = None,
     progress: bool = True,
+    checkpoints: FitCheckpoints | None = None,
+    resume: Path | None = None,
 ) -> FitResult:
     """Optimise ``scene`` (not modified) to reproduce ``views``; PSNR on them and on test views.
 
-    ``callback(fitter, loss)`` runs after every step (e.g. to log, or to change the targets).
+    ``callback(fitter, loss)`` runs after every step (e.g. to log, or to change the targets);
+    ``checkpoints`` writes a resumable checkpoint every so many steps, ``resume`` continues from
+    one (the same steps follow, bit for bit, as if the run had not stopped).
     """
     config = config or FitConfig()
     if config.iterations < 1:
         raise ValueError(f"FitConfig.iterations must be >= 1, got {config.iterations}")
     start = time.perf_counter()
-    fitter = GaussianFitter(scene, views, config)
-    losses = []
-    bar = tqdm(range(config.iterations), desc="fit 3D Gaussians", disable=not progress)
+    losses: list[float] = []
+    if resume is not None:
+        run = {} if checkpoints is None else checkpoints.run
+        fitter, losses = resume_fitter(resume, views, config, run, scene.means.device)
+    else:
+        fitter = GaussianFitter(scene, views, config)
+    bar = tqdm(
+        range(fitter.iteration, config.iterations),
+        desc="fit 3D Gaussians",
+        disable=not progress,
+        initial=fitter.iteration,
+        total=config.iterations,
+    )
     for _ in bar:
         losses.append(fitter.step())
         if callback is not None:
             callback(fitter, losses[-1])
         if fitter.iteration % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", gaussians=fitter.params["means"].shape[0])
+        every = 0 if checkpoints is None else checkpoints.every
+        if checkpoints is not None and every > 0 and fitter.iteration % every == 0:
+            save_fit_checkpoint(checkpoints, fitter, losses)
     return FitResult(
         scene=fitter.scene.detach(),
         train_psnr=fitter.evaluate(views),
