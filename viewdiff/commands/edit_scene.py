@@ -28,12 +28,14 @@ from viewdiff.commands.options import (
     add_checkpoint_argument,
     add_device_argument,
     add_out_argument,
+    add_resume_argument,
     add_seed_argument,
     denoising_steps,
     finite_float,
     int_in,
     nonnegative_float,
     positive_int,
+    resume_folder,
     view_count,
 )
 from viewdiff.editing.editing_model import check_editing_model, load_editing_model
@@ -103,7 +105,7 @@ def add_edit_scene_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip", type=Path, help="a CLIP folder: adds CLIP directional similarity")
     add_seed_argument(parser)
     add_device_argument(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    add_resume_argument(parser)
     parser.set_defaults(run=run_edit_scene)
 
 
@@ -172,8 +174,9 @@ def run_edit_scene(args: argparse.Namespace) -> None:
             traced &= selected.to(traced.device)
         editor.set_region(traced)
         write_maps(out / "attention_region.png", maps, editor)
-    if args.resume and (out / CHECKPOINT).is_dir():
-        editor.load(out / CHECKPOINT)
+    resume = resume_folder(args, CHECKPOINT)
+    if resume is not None:
+        editor.load(resume)
     logs = SummaryWriter(str(out / "logs"))
     started = time.perf_counter()
     steps = config.trajectory_steps

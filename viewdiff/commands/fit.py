@@ -29,10 +29,12 @@ from viewdiff.commands.options import (
     add_background_argument,
     add_device_argument,
     add_out_argument,
+    add_resume_argument,
     add_seed_argument,
     int_in,
     nonnegative_int,
     positive_int,
+    resume_folder,
     view_count,
 )
 from viewdiff.inference.inputs import read_image
@@ -104,9 +106,7 @@ def add_fit_command(commands: argparse._SubParsersAction) -> None:
         default=500,
         help="steps between resumable checkpoints in OUT/checkpoint (0: none; %(default)s)",
     )
-    parser.add_argument(
-        "--resume", type=Path, metavar="DIR", help="continue from a checkpoint/ folder"
-    )
+    add_resume_argument(parser)
     parser.set_defaults(run=run_fit)
 
 
@@ -201,6 +201,7 @@ def run_fit(args: argparse.Namespace) -> None:
             info = json.loads(generation.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{generation}: not valid JSON ({error})") from None
+    args.resume = resume_folder(args)
     if args.resume is not None and not (args.resume / "state.json").is_file():
         raise ValueError(f"--resume {args.resume}: not a fit checkpoint folder (no state.json)")
     output_folder(args.out)

@@ -183,6 +183,34 @@ def add_out_argument(parser: ArgumentContainer, help: str = "output folder", **k
     parser.add_argument("--out", type=Path, help=help, **kwargs)
 
 
+RESUME_FROM_OUT = Path("<OUT>/checkpoint")
+"""``--resume`` given without a folder: the command's own ``--out``/checkpoint."""
+
+
+def add_resume_argument(parser: ArgumentContainer) -> None:
+    """``--resume [DIR]``, spelled the same by every command that checkpoints (sds, fit,
+    edit-scene): alone, continue from OUT/checkpoint if a killed run left one (else start); with
+    DIR, from that checkpoint folder."""
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        nargs="?",
+        const=RESUME_FROM_OUT,
+        metavar="DIR",
+        help="continue from a checkpoint folder (alone: OUT/checkpoint, if there)",
+    )
+
+
+def resume_folder(args: argparse.Namespace, checkpoint: str = "checkpoint") -> Path | None:
+    """The checkpoint folder ``--resume`` asks for (None: start afresh)."""
+    if args.resume is None:
+        return None
+    if args.resume == RESUME_FROM_OUT:
+        folder = Path(args.out) / checkpoint
+        return folder if folder.is_dir() else None
+    return Path(args.resume)
+
+
 def add_device_argument(parser: ArgumentContainer) -> None:
     """``--device``: the torch device (``viewdiff.prior.load.chosen_device``)."""
     parser.add_argument("--device", default=None, help=DEVICE_HELP)

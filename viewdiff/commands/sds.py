@@ -28,11 +28,13 @@ from viewdiff.commands.options import (
     add_device_argument,
     add_dtype_argument,
     add_out_argument,
+    add_resume_argument,
     add_seed_argument,
     nonnegative_float,
     pixel_size,
     positive_float,
     positive_int,
+    resume_folder,
     view_count,
 )
 from viewdiff.config import SampleConfig, check_config, load_config
@@ -91,7 +93,7 @@ def add_sds_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--learn-background", action="store_true", help="learn one colour")
     parser.add_argument("--image", type=Path, help="image-to-3D: the given view")
     parser.add_argument("--camera", type=Path, help="cameras.json of --image (one view)")
-    parser.add_argument("--resume", type=Path, help="continue from a checkpoint/ folder")
+    add_resume_argument(parser)
     add_device_argument(parser)
     add_dtype_argument(parser, help="prior's dtype")
     parser.add_argument(
@@ -195,6 +197,7 @@ def run_sds(args: argparse.Namespace) -> None:
         if not args.init.is_file():
             raise ValueError(f"--init {args.init}: no such file")
         scene = read_gaussian_ply(args.init).with_sh_degree(config.fit.sh_degree)
+    args.resume = resume_folder(args)
     if args.resume is not None:
         read_state(args.resume)
     device = chosen_device(args.device)
