@@ -2,6 +2,7 @@
 ``infer.py fit`` and ``infer.py sds`` (issue 32, item 1). A kill inside a checkpoint write is
 tests/test_atomic_folder.py's and tests/trame/test_checkpoint_kill.py's (the same folder swap)."""
 
+import errno
 import json
 import os
 import signal
@@ -129,3 +130,34 @@ def test_sds_killed_twice_resumes_to_the_uninterrupted_scene(tmp_path):
         (out / "scene.ply").read_bytes(),
     )
     assert killed == whole, f"killed at {kills}: the resumed scene differs"
+
+
+def test_a_full_disk_during_a_scene_checkpoint_ends_with_exit_1_and_keeps_the_last(
+    generation, tmp_path, monkeypatch, capsys
+):
+    from viewdiff.commands import infer as infer_command
+    from viewdiff.scene import checkpoint as scene_checkpoint
+
+    real, calls = scene_checkpoint.save_file, []
+
+    def save_file(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint: the disk fills under it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(scene_checkpoint, "save_file", save_file)
+    out = tmp_path / "fit"
+    argv = ["fit", "--views", str(generation), "--iterations", "40", "--gaussians", "50",
+            "--sh-degree", "0", "--turntable-views", "2", "--device", "cpu",
+            "--checkpoint-every", "10", "--out", str(out)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        infer_command.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"infer.py fit: disk full while writing {out / 'checkpoint'} (")
+    assert err.endswith(f"the last complete checkpoint is {out / 'checkpoint'}")
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["iteration"] == 10
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint"
+    ]  # no staging folder left

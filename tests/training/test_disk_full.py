@@ -8,8 +8,9 @@ import pytest
 from accelerate import Accelerator
 
 import train
+from viewdiff.disk_full import DiskFullError
 from viewdiff.training import checkpoints
-from viewdiff.training.checkpoints import DiskFullError, check_free_space, complete_checkpoints
+from viewdiff.training.checkpoints import check_free_space, complete_checkpoints
 
 Usage = namedtuple("Usage", "total used free")
 STEPS = ("train.max_steps=4", "train.checkpoint_every=2", "train.export_every=0")

@@ -38,6 +38,7 @@ from viewdiff.commands.render import add_render_command
 from viewdiff.commands.sample import add_sample_command
 from viewdiff.commands.sds import add_sds_command
 from viewdiff.commands.view import add_view_command
+from viewdiff.disk_full import DiskFullError
 from viewdiff.run_lock import released_locks
 
 # The subcommands in the order of --help; each module adds its parser and the function it runs.
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with released_locks():  # the --out folder a command locked (viewdiff.run_lock)
             args.run(args)
+    except DiskFullError as error:  # a checkpoint did not fit: the last complete one is intact
+        parser.exit(1, f"infer.py {args.command}: {error}\n")
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # input errors only
         parser.exit(2, f"infer.py {args.command}: error: {error}\n")
     return 0

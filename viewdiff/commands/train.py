@@ -54,10 +54,11 @@ from accelerate.utils import set_seed
 
 from viewdiff.commands.options import add_config_arguments, config_from_args
 from viewdiff.config import Config
+from viewdiff.disk_full import DiskFullError
 from viewdiff.prior.camera_record import CameraRecord
 from viewdiff.reference_settings import annotate_yaml
 from viewdiff.run_lock import FolderInUse, RunLock, is_main_rank
-from viewdiff.training.checkpoints import DiskFullError, latest_checkpoint, register_weight_hooks
+from viewdiff.training.checkpoints import latest_checkpoint, register_weight_hooks
 from viewdiff.training.loop import run_loop
 from viewdiff.training.optim import build_optimizer, parameter_groups
 from viewdiff.training.preflight import InputError, check_inputs

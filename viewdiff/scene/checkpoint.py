@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from viewdiff.atomic_folder import atomic_folder, recover_folder
+from viewdiff.disk_full import disk_full_error, is_disk_full
 from viewdiff.scene.gaussians import GaussianScene, read_gaussian_ply, write_gaussian_ply
 
 CHECKPOINT = "checkpoint"
@@ -66,12 +67,18 @@ def write_checkpoint(
     """Replace ``folder`` atomically by a checkpoint of ``scene``, ``tensors`` and the JSON
     ``state`` (stamped with ``format``); returns the folder."""
     folder = Path(folder)
-    with atomic_folder(folder) as staging:
-        write_gaussian_ply(staging / SCENE_FILE, scene.detach())
-        cpu = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
-        save_file(cpu, staging / TENSORS_FILE)
-        document = {"format": format, **state}
-        (staging / STATE_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    try:
+        with atomic_folder(folder) as staging:
+            write_gaussian_ply(staging / SCENE_FILE, scene.detach())
+            cpu = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+            save_file(cpu, staging / TENSORS_FILE)
+            document = {"format": format, **state}
+            (staging / STATE_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    except (OSError, RuntimeError) as error:  # the previous checkpoint is back in place
+        if not is_disk_full(error):
+            raise
+        last = folder if (folder / STATE_FILE).is_file() else None
+        raise disk_full_error(folder, last) from error
     return folder
 
 

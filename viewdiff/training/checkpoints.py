@@ -24,7 +24,6 @@ holds training_state.json.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import re
 import shutil
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from viewdiff.atomic_folder import OLD_SUFFIX, STAGING_SUFFIX, recover_folder, staging_path, swap_in
 from viewdiff.config import Config, save_config
+from viewdiff.disk_full import DiskFullError, is_disk_full
 from viewdiff.model.persistence import check_weights
 from viewdiff.weights_files import read_safetensors
 
@@ -246,10 +246,6 @@ def register_weight_hooks(accelerator: Accelerator, model: nn.Module) -> None:
 # Saving and loading.
 
 
-class DiskFullError(OSError):
-    """A checkpoint that does not fit on its disk; the last complete checkpoint is intact."""
-
-
 def folder_bytes(folder: Path) -> int:
     """The size of every file under ``folder``."""
     return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
@@ -269,14 +265,6 @@ def check_free_space(output_dir: str | Path) -> None:
             f"disk full: {free / 2**20:.0f} MB free, a checkpoint needs ~{needed / 2**20:.0f} MB, "
             f"in {folder}; the last complete checkpoint is {found[-1][1]}"
         )
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether a write failed for lack of space (ENOSPC, or torch's zip writer's
-    'unexpected pos' when the disk fills under it)."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return True
-    return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
 
 
 def save_checkpoint(
