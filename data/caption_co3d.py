@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from viewdiff.commands.options import DTYPES, positive_int
+from viewdiff.commands.options import DTYPES, add_device_argument, positive_int
 from viewdiff.data.co3d import (
     CAPTIONS,
     FRAME_ANNOTATIONS,
@@ -44,6 +44,7 @@ from viewdiff.data.co3d import (
 )
 from viewdiff.data.co3d_annotations import Co3dFormatError
 from viewdiff.data.shard_manifest import write_json
+from viewdiff.prior.load import chosen_device
 
 Captioner = Callable[[Sequence[Path]], list[str]]
 """Image files -> one caption each (``caption_images`` bound to a model and its processor)."""
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frames-per-sequence", type=positive_int, default=5, help="frames captioned per sequence"
     )
     parser.add_argument("--batch-size", type=positive_int, default=4, help="images per forward")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--dtype", choices=DTYPES, help="model dtype (default: fp16 on cuda, else fp32)"
     )
@@ -80,10 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite", action="store_true", help="caption sequences that already have captions"
     )
     args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here")
+    try:
+        args.device = chosen_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     if args.dtype is None:
         args.dtype = "fp16" if torch.device(args.device).type == "cuda" else "fp32"
     return args
