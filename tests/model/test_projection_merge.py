@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_multiview_unet import inputs  # tests/model is on the path pytest imports tests from
 
-from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
-from viewdiff.cameras.pose_features import pose_features
 from viewdiff.config import LEGACY_DEFAULTS, ConfigError, ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.model.projected_block import ProjectedTransformerBlock
@@ -99,22 +98,6 @@ def test_proj_in_and_the_blended_proj_out_equal_the_references():
     torch.testing.assert_close(output, fixture["output"], rtol=0, atol=1e-10)
 
 
-def inputs(objects: int = 1, n_views: int = 3, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    rows = objects * n_views
-    w2c = orbit(n_views, elevation_deg=20.0, radius=3.0).repeat(objects, 1, 1)
-    K = intrinsics_from_fov(50.0, 64, 64).expand(rows, 3, 3)
-    return dict(
-        latents=torch.randn(rows, 4, 8, 8, generator=generator),
-        timesteps=torch.randint(0, 1000, (rows,), generator=generator),
-        encoder_hidden_states=torch.randn(rows, 77, 32, generator=generator),
-        K=K,
-        w2c=w2c,
-        pose_features=pose_features(K, w2c, (64, 64)),
-        n_views=n_views,
-    )
-
-
 @pytest.fixture(scope="module")
 def base_unet():
     return build_unet(unet_config("tiny"), seed=0)
@@ -147,7 +130,7 @@ def block_call(model: MultiViewUNet, block_name: str, batch: dict):
 def test_replace_makes_the_block_depend_on_its_input_only_through_the_projection(base_unet):
     model = MultiViewUNet(copy.deepcopy(base_unet), PAPER).eval()
     name, block, key = first_projected_block(model)
-    args, kwargs = block_call(model, name, inputs())
+    args, kwargs = block_call(model, name, inputs(objects=1))
     hidden = args[0] if args else kwargs.pop("hidden_states")
     # The projection layer's output held fixed: whatever h was, the block computes the same.
     layer = model.projection_layers[key]
@@ -163,7 +146,7 @@ def test_replace_makes_the_block_depend_on_its_input_only_through_the_projection
 def test_replace_feeds_the_projection_the_normalised_features_and_uses_its_output(base_unet):
     model = MultiViewUNet(copy.deepcopy(base_unet), PAPER).eval()
     name, block, key = first_projected_block(model)
-    args, kwargs = block_call(model, name, inputs())
+    args, kwargs = block_call(model, name, inputs(objects=1))
     hidden = args[0] if args else kwargs.pop("hidden_states")
     layer = model.projection_layers[key]
     seen = {}
@@ -227,7 +210,7 @@ def test_a_recomputed_block_reuses_the_density_noise_it_drew(base_unet):
         if checkpointing:
             model.unet.enable_gradient_checkpointing()
         generator = torch.Generator().manual_seed(3)
-        model(**inputs(), noise_generator=generator).square().mean().backward()
+        model(**inputs(objects=1), noise_generator=generator).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
