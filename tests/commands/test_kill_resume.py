@@ -1,61 +1,37 @@
 """SIGKILL at a moment the test chooses, resume, and end bit-equal to an uninterrupted run:
-``infer.py fit`` and ``infer.py sds`` (issue 32, item 1). A kill inside a checkpoint write is
-tests/test_atomic_folder.py's and tests/trame/test_checkpoint_kill.py's (the same folder swap)."""
+``infer.py fit``, ``sds``, ``edit-scene`` and ``invert`` (issue 32, item 1; ``toy pretrain`` and
+``bench/ablation.py`` are tests/toy/test_pretrain_kill.py's and tests/test_ablation.py's). A kill
+inside a checkpoint write is tests/test_atomic_folder.py's and tests/trame/test_checkpoint_kill.py's
+(the same folder swap); inside an inversion's save, here."""
 
+import contextlib
 import errno
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tests.commands.kill_runs import (
+    REPO,
+    finish,
+    kill_after_checkpoint,
+    kill_when,
+    progress,
+    start,
+)
 from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
+from viewdiff.editing.inversion import Inversion
+from viewdiff.editing.inversion_folder import FORMAT, read_inversion, save_inversion
 from viewdiff.inference.outputs import save_generation
 from viewdiff.inference.trajectory import Trajectory
-from viewdiff.scene.gaussians import random_scene
+from viewdiff.scene.gaussians import random_scene, write_gaussian_ply
 from viewdiff.scene.render import render
 from viewdiff.toy.assets import TOY_MULTIVIEW
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-TIMEOUT_S = 600  # each run takes seconds when quiet; a loaded CI machine gets 5x and more
-
-
-def infer(*argv: str) -> subprocess.Popen:
-    """``infer.py`` in a subprocess of its own (a process group, so that a kill takes it all)."""
-    return subprocess.Popen([sys.executable, str(REPO / "infer.py"), *argv], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
-
-
-def finish(process: subprocess.Popen) -> None:
-    """Wait for a run to end well."""
-    _, err = process.communicate(timeout=TIMEOUT_S)
-    assert process.returncode == 0, err.decode()[-2000:]
-
-
-def kill_after_checkpoint(process: subprocess.Popen, state: Path, step_key: str, step: int) -> int:
-    """SIGKILL the run once its checkpoint reached ``step``; the step it had saved."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        try:
-            saved = json.loads(state.read_text())[step_key]
-        except (OSError, ValueError, KeyError):
-            saved = -1
-        if saved >= step:
-            break
-        assert time.monotonic() < deadline, f"no checkpoint of step {step} in {TIMEOUT_S} s"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return saved
+infer = start  # infer.py is start()'s default script
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +137,94 @@ def test_a_full_disk_during_a_scene_checkpoint_ends_with_exit_1_and_keeps_the_la
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == [
         "checkpoint"
     ]  # no staging folder left
+
+
+def test_an_edit_scene_killed_twice_resumes_to_the_uninterrupted_scene(tmp_path):
+    scene = tmp_path / "scene.ply"
+    write_gaussian_ply(scene, random_scene(200, sh_degree=0,
+                                           generator=torch.Generator().manual_seed(1)))  # fmt: skip
+    edit = ["edit-scene", "--checkpoint", str(TOY_MULTIVIEW), "--scene", str(scene), "--views",
+            "4", "--source-prompt", "a red ball", "--prompt", "a blue ball", "--steps", "8",
+            "--start", "2", "--keyframe-every", "2", "--device", "cpu"]  # fmt: skip
+    finish(infer(*edit, "--out", str(tmp_path / "whole")))
+    steps = len(json.loads((tmp_path / "whole" / "edit.json").read_text())["steps"])
+    out, checkpoint = tmp_path / "killed", tmp_path / "killed" / "checkpoint"
+    kills = [kill_after_checkpoint(infer(*edit, "--out", str(out)), checkpoint / "state.json",
+                                   "position", 2)]  # fmt: skip
+    resumed = infer(*edit, "--out", str(out), "--resume")
+    kills.append(kill_after_checkpoint(resumed, checkpoint / "state.json", "position", 4))
+    finish(infer(*edit, "--out", str(out), "--resume"))
+    assert kills[0] < kills[1] < steps
+    whole, killed = (
+        (tmp_path / "whole" / "scene.ply").read_bytes(),
+        (out / "scene.ply").read_bytes(),
+    )
+    assert killed == whole, f"killed at {kills}: the resumed scene differs"
+
+
+def test_an_invert_killed_inside_a_step_reruns_to_the_uninterrupted_files(generation, tmp_path):
+    views = sorted(str(p) for p in generation.rglob("view_*.png"))
+    invert = ["invert", "--checkpoint", str(TOY_MULTIVIEW), "--images", *views, "--cameras",
+              str(generation / "cameras.json"), "--prompt", "a red ball", "--steps", "30",
+              "--device", "cpu"]  # fmt: skip
+    finish(infer(*invert, "--out", str(tmp_path / "whole")))
+    out, log = tmp_path / "killed", tmp_path / "killed.log"
+    killed = infer(*invert, "--out", str(out), log=log)
+    kill_when(killed, lambda: progress(log, "invert") >= 10, "inversion step 10")
+    assert not (out / "inversion.json").exists()
+    finish(infer(*invert, "--out", str(out)))  # the dead run's lock is taken over
+    for name in ("inversion.safetensors", "inversion.json", "cameras.json", "reconstruction.json"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_an_inversion_cut_at_any_point_of_its_save_is_the_old_or_the_new_never_a_mix(
+    tmp_path, monkeypatch
+):
+    def inversion(seed: int, steps: int) -> Inversion:
+        generator = torch.Generator().manual_seed(seed)
+        xs = torch.randn(steps + 1, 2, 4, 8, 8, generator=generator)
+        zs = torch.randn(steps, 2, 4, 8, 8, generator=generator)
+        return Inversion(torch.arange(steps), xs, zs, torch.zeros(2, dtype=torch.bool))
+
+    cameras = Trajectory(intrinsics_from_fov(40.0, 64, 64).repeat(2, 1, 1), orbit(2, 30.0, 4.0),
+                         (64, 64))  # fmt: skip
+    saves = {3: inversion(0, 3), 5: inversion(1, 5)}  # by their step counts
+
+    def save(folder: Path, steps: int) -> None:
+        document = {"format": FORMAT, "kind": "multiview", "steps": steps}
+        save_inversion(folder, saves[steps], document, cameras)
+
+    class Killed(BaseException):
+        """The process died here."""
+
+    def dying(name: str, real):
+        def call(*args, **kwargs):
+            if cut[0] == 0:
+                raise Killed(name)
+            cut[0] -= 1
+            return real(*args, **kwargs)
+
+        return call
+
+    outcomes = []
+    for point in range(9):  # before each fsync, unlink and rename of the save, and after all
+        folder = tmp_path / f"cut{point}"
+        folder.mkdir()
+        save(folder, 3)
+        cut = [point]
+        with monkeypatch.context() as patch:
+            for name in ("fsync", "unlink", "replace"):
+                patch.setattr(os, name, dying(name, getattr(os, name)))
+            with contextlib.suppress(Killed):
+                save(folder, 5)
+        try:
+            document, read = read_inversion(folder)
+        except ValueError as error:
+            assert "inversion.json: cannot read" in str(error)
+            outcomes.append("none")
+            continue
+        expected = saves[document["steps"]]
+        assert torch.equal(read.xs, expected.xs) and torch.equal(read.zs, expected.zs)
+        outcomes.append(document["steps"])
+    # fsync x3 and the old document's unlink: the old; the renames: none; then the new.
+    assert outcomes == [3, 3, 3, 3, "none", "none", "none", 5, 5], outcomes

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from viewdiff.cameras.cameras_json import write_cameras
 from viewdiff.commands.options import (
     MAX_DENOISING_STEPS,
     add_base_argument,
@@ -131,9 +130,8 @@ def run_invert(args: argparse.Namespace) -> None:
             "inputs": [str(p) for p in args.images],
             "max_latent_error": float((reconstruction - x0).abs().max()),
         },
+        cameras,
     )
-    if cameras is not None:
-        write_cameras(out / "cameras.json", cameras.K, cameras.w2c, cameras.image_size_hw)
     decoded = decode_latents(editing.vae, reconstruction.float())
     roundtrip = decode_latents(editing.vae, x0.float())
     psnr_vs_input = [_psnr(a, b) for a, b in zip(decoded, images, strict=True)]

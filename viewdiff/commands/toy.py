@@ -44,6 +44,12 @@ def add_pretrain_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--unet-steps", type=positive_int, default=UNetTraining.steps)
     parser.add_argument("--unet-batch-size", type=positive_int, default=UNetTraining.batch_size)
     parser.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=VaeTraining.checkpoint_every,
+        help="steps between the stages' resumable checkpoints",
+    )
+    parser.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -63,8 +69,16 @@ def run_pretrain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = PretrainConfig(
         seed=args.seed,
-        vae=VaeTraining(steps=args.vae_steps, batch_size=args.vae_batch_size),
-        unet=UNetTraining(steps=args.unet_steps, batch_size=args.unet_batch_size),
+        vae=VaeTraining(
+            steps=args.vae_steps,
+            batch_size=args.vae_batch_size,
+            checkpoint_every=args.checkpoint_every,
+        ),
+        unet=UNetTraining(
+            steps=args.unet_steps,
+            batch_size=args.unet_batch_size,
+            checkpoint_every=args.checkpoint_every,
+        ),
     )
     folder = pretrain(args.shards, args.heldout, args.out, config)
     print(f"toy Stable Diffusion: {folder} (report {args.out / 'pretrain.json'})")

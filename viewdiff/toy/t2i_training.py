@@ -47,6 +47,7 @@ class UNetTraining:
     eval_samples_per_prompt: int = 2
     eval_inference_steps: int = 20
     eval_guidance_scale: float = 4.0
+    checkpoint_every: int = 250  # steps between resumable checkpoints
 
 
 @dataclass(frozen=True)
@@ -171,5 +172,6 @@ def t2i_stage(
         steps=options.steps,
         learning_rate=options.learning_rate,
         evaluate_every=500,
+        checkpoint_every=options.checkpoint_every,
         seed=seed,
     )

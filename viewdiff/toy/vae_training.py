@@ -41,6 +41,7 @@ class VaeTraining:
     full_view_steps: int = 2000  # the last steps train on whole views (see the module doc)
     learning_rate: float = 2e-3
     kl_weight: float = 1e-6
+    checkpoint_every: int = 250  # steps between resumable checkpoints
 
 
 def random_crops(images: Tensor, crop: int, generator: torch.Generator) -> Tensor:
@@ -113,5 +114,6 @@ def vae_stage(
         evaluate=evaluate,
         steps=options.steps,
         learning_rate=options.learning_rate,
+        checkpoint_every=options.checkpoint_every,
         seed=seed,
     )
