@@ -25,8 +25,10 @@ and measures each on toy objects made with seeds the training data does not use:
 
 Writes WORK/ablation.json (figures per variant, steps, minutes, and how far the projection
 layers' zero-initialised output has grown), WORK/ablation.md (the table) and WORK/ablation.png
-(bar charts). Resumes: a variant whose training finished is not retrained (train.py resumes its
-checkpoints), one whose figures are in the json is not re-measured (--force re-measures). The
+(bar charts). Resumes, after a kill at any moment: a variant whose training finished is not
+retrained (train.py resumes its checkpoints), one whose figures are in the json is not
+re-measured (--force re-measures), and the json is replaced whole, never half written; a resumed
+run ends with the figures of an uninterrupted one (tests/test_ablation.py kills one twice). The
 defaults ran in 56 minutes on 2 cores, alone: 42 of training (a step of the full model 0.6 s with
 its prior batch, 0.4 s without; 0.25 s without projection layers), ~2.3 of measuring per variant.
 """
@@ -52,6 +54,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from viewdiff.commands.options import positive_int  # noqa: E402
 from viewdiff.config import DataConfig, SampleConfig, load_config  # noqa: E402
+from viewdiff.data.shard_manifest import write_json  # noqa: E402
 from viewdiff.data.toy_objects import toy_prompts  # noqa: E402
 from viewdiff.inference.evaluate import summarize, view_metrics  # noqa: E402
 from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa: E402
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         figures["variants"][name] = measure(name, args, tools, work)
         figures["minutes"][name] = {"train": (trained - began) / 60,
                                     "measure": (time.perf_counter() - trained) / 60}  # fmt: skip
-        results_path.write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(results_path, figures)
         log(started, f"{name}: {figures['variants'][name]}")
     order = [name for name in VARIANTS if name in figures["variants"]]
     figures["variants"] = {name: figures["variants"][name] for name in order}
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         weight = projection_output_weight(model) if model.is_dir() else None
         if weight is not None:
             figures["variants"][name]["projection_output_weight"] = weight
-    results_path.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(results_path, figures)
     markdown = table(figures, args.steps)
     (work / "ablation.md").write_text(markdown)
     bar_chart(figures, work / "ablation.png")

@@ -6,15 +6,29 @@ import math
 import runpy
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+from tests.commands.kill_runs import finish, kill_when, start
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_quick_ablation_writes_a_row_per_variant(tmp_path):
-    ablation = runpy.run_path(str(REPO / "bench/ablation.py"))
-    variants = ["base", "cfa", "full"]  # no fine-tune, no projection layers, and the paper's
-    ablation["main"](["--quick", "--work", str(tmp_path), "--variants", *variants])
+VARIANTS = ["base", "cfa", "full"]  # no fine-tune, no projection layers, and the paper's
+
+
+@pytest.fixture(scope="module")
+def quick_ablation(tmp_path_factory) -> Path:
+    """The work folder of an uninterrupted smoke run of three variants."""
+    work = tmp_path_factory.mktemp("ablation")
+    runpy.run_path(str(REPO / "bench/ablation.py"))["main"](
+        ["--quick", "--work", str(work), "--variants", *VARIANTS]
+    )
+    return work
+
+
+def test_quick_ablation_writes_a_row_per_variant(quick_ablation):
+    tmp_path, variants = quick_ablation, VARIANTS
     figures = json.loads((tmp_path / "ablation.json").read_text())
     assert list(figures["variants"]) == variants
     for row in figures["variants"].values():
@@ -28,3 +42,22 @@ def test_quick_ablation_writes_a_row_per_variant(tmp_path):
     # The full variant trained with the prior set and its last view held out.
     config = json.loads((tmp_path / "runs/full/config.json").read_text())
     assert config["train"]["prior_shards"] and config["train"]["novel_views"] == 1
+
+
+def test_an_ablation_killed_in_training_and_in_measuring_resumes_to_the_same_figures(
+    quick_ablation, tmp_path
+):
+    def ablation(work: Path):
+        return start("--quick", "--variants", "base", "cfa", "--work", str(work),
+                     script=REPO / "bench" / "ablation.py")  # fmt: skip
+
+    work = tmp_path / "killed"
+    checkpoints, pictures = work / "runs/cfa/checkpoints", work / "eval/cfa/compare"
+    kill_when(ablation(work), lambda: any(checkpoints.glob("checkpoint-*")), "cfa's checkpoint")
+    assert not (work / "runs/cfa/model").exists()  # killed inside cfa's training
+    kill_when(ablation(work), lambda: any(pictures.glob("*.png")), "cfa's first measure")
+    assert list(json.loads((work / "ablation.json").read_text())["variants"]) == ["base"]
+    finish(ablation(work))
+    whole, killed = (json.loads((folder / "ablation.json").read_text())["variants"]
+                     for folder in (quick_ablation, work))  # fmt: skip
+    assert killed == {name: whole[name] for name in ("base", "cfa")}
