@@ -1,5 +1,6 @@
 """bench/ablation.py end to end at smoke size: every variant trains (or not), is measured, and
-lands in the json, the markdown table and the chart."""
+lands in the json, the markdown table and the chart; killed twice, a run resumes to the same
+figures."""
 
 import json
 import math
