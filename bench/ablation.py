@@ -28,7 +28,8 @@ layers' zero-initialised output has grown), WORK/ablation.md (the table) and WOR
 (bar charts). Resumes, after a kill at any moment: a variant whose training finished is not
 retrained (train.py resumes its checkpoints), one whose figures are in the json is not
 re-measured (--force re-measures), and the json is replaced whole, never half written; a resumed
-run ends with the figures of an uninterrupted one (tests/test_ablation.py kills one twice). The
+run ends with the figures of an uninterrupted one (tests/test_ablation.py kills one twice). A
+second run into a --work in use is refused (its run.lock), a dead one's lock taken over. The
 defaults ran in 56 minutes on 2 cores, alone: 42 of training (a step of the full model 0.6 s with
 its prior batch, 0.4 s without; 0.25 s without projection layers), ~2.3 of measuring per variant.
 """
@@ -59,6 +60,7 @@ from viewdiff.data.toy_objects import toy_prompts  # noqa: E402
 from viewdiff.inference.evaluate import summarize, view_metrics  # noqa: E402
 from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa: E402
 from viewdiff.prior.load import load_export  # noqa: E402
+from viewdiff.run_lock import FolderInUse, RunLock  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
@@ -288,8 +290,18 @@ def bar_chart(figures: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train and measure every chosen variant; write and print the table."""
+    """Train and measure every chosen variant (one run per --work); write and print the table."""
     args = parse_args(argv)
+    try:
+        with RunLock(args.work, name="--work", program="bench/ablation.py"):
+            return run(args)
+    except FolderInUse as error:
+        print(f"bench/ablation.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train and measure every chosen variant; write and print the table."""
     started = time.perf_counter()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

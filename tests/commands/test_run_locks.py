@@ -2,10 +2,12 @@
 live run holds (exit 2, one line naming the holder), and takes over a dead run's lock."""
 
 import json
+import runpy
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,8 @@ from viewdiff.inference.outputs import save_generation
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.run_lock import LOCK_FILE
 from viewdiff.toy.assets import TOY_MULTIVIEW
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +88,17 @@ def test_toy_pretrain_refuses_a_held_folder(tmp_path, live_pid, capsys):
         toy_command.main(argv)
     assert exit_info.value.code == 2
     assert "is in use by another run" in capsys.readouterr().err
+
+
+def test_an_ablation_refuses_a_held_work_folder(tmp_path, live_pid, capsys):
+    hold(tmp_path / "work", live_pid)
+    ablation = runpy.run_path(str(REPO / "bench" / "ablation.py"))
+    with pytest.raises(SystemExit) as exit_info:
+        ablation["main"](["--quick", "--variants", "base", "--work", str(tmp_path / "work")])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"bench/ablation.py: error: --work {tmp_path / 'work'} is in use")
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [LOCK_FILE]  # untouched
 
 
 def test_a_dead_runs_lock_is_taken_over_and_given_back(tmp_path, capsys):
