@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from viewdiff.commands.toy import main
 from viewdiff.toy.stage import Stage, learning_rate, run_stage
 from viewdiff.toy.vae_training import random_crops
+from viewdiff.weights_files import DamagedFile
 
 
 def linear_stage(steps: int, crash_at: int | None = None) -> Stage:
@@ -41,6 +42,15 @@ def test_a_stage_resumed_after_a_crash_ends_where_an_uninterrupted_one_does(tmp_
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(whole.parameters()[0], linear_stage(7).parameters()[0])  # it trained
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "weights.safetensors", "state.json"])
+def test_a_damaged_stage_checkpoint_is_named_not_a_traceback(tmp_path: Path, name: str):
+    run_stage(linear_stage(4), tmp_path)
+    path = tmp_path / "linear" / "checkpoint" / name
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    with pytest.raises(DamagedFile, match=f"damaged checkpoint: {name}"):  # exit 2: a ValueError
+        run_stage(linear_stage(6), tmp_path)
 
 
 def test_learning_rate_warms_up_then_decays_to_its_floor():

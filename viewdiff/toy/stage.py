@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from viewdiff.atomic_folder import atomic_folder, recover_folder
-from viewdiff.weights_files import read_safetensors
+from viewdiff.weights_files import DamagedFile, folder_damage, read_safetensors
 
 CHECKPOINT = "checkpoint"
 
@@ -88,6 +88,9 @@ def load_stage(folder: Path, stage: Stage, optimizer: torch.optim.Optimizer) -> 
     recover_folder(path)  # a crash between the two renames of a save left checkpoint.old/
     if not (path / "state.json").is_file():
         return 0
+    damage = folder_damage(path)
+    if damage is not None:  # one folder, swapped in whole: there is no older one to fall back to
+        raise DamagedFile(f"{path}: damaged checkpoint: {damage}; delete it to restart the stage")
     state = json.loads((path / "state.json").read_text())
     if state["seed"] != stage.seed:
         raise ValueError(f"{path} was written with seed {state['seed']}, this run has {stage.seed}")

@@ -28,12 +28,10 @@ import json
 import re
 import shutil
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -41,7 +39,7 @@ from viewdiff.atomic_folder import OLD_SUFFIX, STAGING_SUFFIX, recover_folder, s
 from viewdiff.config import Config, save_config
 from viewdiff.disk_full import DiskFullError, is_disk_full
 from viewdiff.model.persistence import check_weights
-from viewdiff.weights_files import read_safetensors
+from viewdiff.weights_files import folder_damage, read_safetensors
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "checkpoint-"
@@ -103,27 +101,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def checkpoint_damage(path: Path) -> str | None:
-    """What makes a complete-looking checkpoint unreadable (its file and the fault), or None.
-
-    Cheap checks that catch truncation and corruption without loading the states: every
-    safetensors header, every JSON document, and every torch archive's (optimizer, RNG states)
-    zip directory, which sits at its end.
-    """
-    for file in sorted(path.iterdir()):
-        try:
-            if file.suffix == ".safetensors":
-                with safe_open(file, framework="pt"):
-                    pass
-            elif file.suffix == ".json":
-                json.loads(file.read_text())
-            elif file.suffix in (".bin", ".pkl", ".pt") and not zipfile.is_zipfile(file):
-                return f"{file.name}: truncated or not a torch archive"
-        except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            return f"{file.name}: {error}"
-    return None
-
-
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     """The checkpoint ``train.resume`` names: None, 'latest' (None if there is none; the newest
     readable one, saying which damaged ones it passed over), or a path (refused if damaged)."""
@@ -132,7 +109,7 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if resume == "latest":
         found = complete_checkpoints(output_dir)
         for _, path in reversed(found):
-            damage = checkpoint_damage(path)
+            damage = folder_damage(path)
             if damage is None:
                 return path
             print(f"train.py: warning: {path} is damaged ({damage}); resuming from the "
@@ -152,7 +129,7 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             f"train.resume={resume!r}: not a complete checkpoint (no {STATE_FILE}; "
             f"an interrupted save leaves a {STAGING_SUFFIX} folder)"
         )
-    damage = checkpoint_damage(path)
+    damage = folder_damage(path)
     if damage is not None:
         raise ValueError(f"train.resume={resume!r}: damaged checkpoint: {damage}")
     return path
