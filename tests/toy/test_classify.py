@@ -13,7 +13,8 @@ from viewdiff.toy.classify import (
     rgb_to_hsv,
     toy_words,
 )
-from viewdiff.toy.quality import unit
+from viewdiff.toy.images import read_shard_images
+from viewdiff.toy.quality import make_toy_shards, unit
 
 
 def test_rgb_to_hsv_matches_colorsys():
@@ -48,3 +49,19 @@ def test_an_image_without_an_object_is_wrong_for_both(toy_fit):
     wrong = next(s for s in ("ball", "box", "can") if s != truth)
     assert classifier_accuracy(classifier, unit(toy_fit)[:1], [f"a red {wrong}"])["shape"] == 0
     assert toy_words("an orange can") == ("orange", "can")
+
+
+def test_classifiers_are_right_on_the_sided_world(tmp_path):
+    # The darker side keeps the object's hue and saturation; the backdrop stays below the rule.
+    fit, heldout = (
+        read_shard_images(make_toy_shards(tmp_path / name, objects, 5, seed, style="toy_sided"),
+                          show_progress=False)
+        for name, objects, seed in (("fit", 8, 2), ("heldout", 4, 1))
+    )  # fmt: skip
+    classifier = fit_shape_classifier(unit(fit), fit.categories)
+    scores = classifier_accuracy(classifier, unit(heldout), heldout.captions)
+    assert scores["colour"] == 1.0
+    assert scores["shape"] >= 0.9, scores
+    truth = heldout.masks[:, 0] > 127
+    found = foreground(unit(heldout))
+    assert (found & truth).sum() / (found | truth).sum() > 0.85

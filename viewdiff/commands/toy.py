@@ -1,4 +1,5 @@
-"""The toy world's commands: ``python -m viewdiff.toy pretrain|ship|picture ...`` (``--help``)."""
+"""The toy world's commands: ``python -m viewdiff.toy pretrain|ship|picture|renders ...``
+(``--help``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -17,6 +19,10 @@ from viewdiff.commands.options import (
     int_in,
     positive_int,
 )
+from viewdiff.data.raycast import render_object
+from viewdiff.data.synthetic import sequence_object
+from viewdiff.data.synthetic_cameras import hand_held_orbit, sample_intrinsics
+from viewdiff.data.toy_objects import TOY_SHAPES
 from viewdiff.output_folders import check_output_folder
 from viewdiff.prior.base_record import BASE_MODEL_FILE
 from viewdiff.prior.load import load_export
@@ -29,6 +35,7 @@ from viewdiff.toy.t2i_training import UNetTraining
 from viewdiff.toy.vae_training import VaeTraining
 from viewdiff.visualize import image_grid, to_pil
 
+TOY_STYLES = ("toy", "toy_sided")
 PICTURE_PROMPTS = ["a red ball", "a blue box", "a green can", "an orange box", "a purple can"]
 
 
@@ -144,6 +151,37 @@ def run_picture(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_renders_command(commands: argparse._SubParsersAction) -> None:
+    """``renders``: a grid of true renders of a toy world, an object per row."""
+    parser = commands.add_parser("renders", help="a grid of a toy world's true renders")
+    parser.add_argument("--style", choices=TOY_STYLES, default="toy_sided", help="which world")
+    parser.add_argument("--objects", type=int_in(1, 60), default=6, help="rows (shapes in turn)")
+    parser.add_argument("--views", type=int_in(1, 16), default=8, help="views around each")
+    parser.add_argument("--size", type=int_in(16, 512), default=96, help="pixels per view")
+    add_seed_argument(parser)
+    add_out_argument(parser, "PNG file to write")
+    parser.set_defaults(run=run_renders)
+
+
+def run_renders(args: argparse.Namespace) -> int:
+    """Render and save the grid."""
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the PNG file to write")
+    size_hw = (args.size, args.size)
+    rows = []
+    for row in range(args.objects):
+        shape, index = TOY_SHAPES[row % len(TOY_SHAPES)], row // len(TOY_SHAPES)
+        obj = sequence_object(shape, index, args.seed, args.style)
+        rng = np.random.default_rng([args.seed, row])
+        K = sample_intrinsics(rng, size_hw)
+        w2c = hand_held_orbit(obj, args.views, K, size_hw, rng)
+        rows += [Image.fromarray(render_object(obj, K, w, size_hw)[0]) for w in w2c]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows, columns=args.views).save(args.out)
+    print(f"{args.objects} objects x {args.views} views of the {args.style} world: {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse and run a command; input errors exit 2 with one line."""
     parser = argparse.ArgumentParser(prog="python -m viewdiff.toy", description=__doc__)
@@ -151,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     add_pretrain_command(commands)
     add_ship_command(commands)
     add_picture_command(commands)
+    add_renders_command(commands)
     args = parser.parse_args(argv)
     try:
         with released_locks():  # the --out folder pretrain locked (viewdiff.run_lock)

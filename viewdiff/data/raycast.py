@@ -7,7 +7,9 @@ plain gradient, no ground). Rays meet each primitive in closed form (slab test f
 quadratic for curved sides, planes for caps), so masks and depths are exact at pixel centres.
 Textures make every side tell apart: per-face colours with face-dependent stripes and an
 off-centre marker on boxes, colour varying with azimuth plus markers on cans and balls; shading
-is a fixed directional light. Building objects and writing datasets is viewdiff/data/synthetic.py.
+is a directional light (fixed, or the object's own). The sided toy world's objects add a darker
+patch (``Mark``) and a world-fixed ``Environment`` backdrop. Building objects and writing
+datasets is viewdiff/data/synthetic.py.
 """
 
 from __future__ import annotations
@@ -33,6 +35,41 @@ class Primitive:
 
 
 @dataclass(frozen=True, eq=False)
+class Mark:
+    """A patch of a primitive drawn darker: the surface points whose position relative to the
+    primitive, divided by its size (so in [-1, 1]^3), has a dot product with ``direction`` above
+    ``threshold``. A box face (threshold 0.99), a band down one side of a can, a cap on a ball:
+    one side of the object that only a consistent 3D object keeps in place from view to view."""
+
+    direction: np.ndarray  # (3,) unit, object frame
+    threshold: float
+    shade: float  # the patch's albedo is the primitive's times this
+
+
+@dataclass(frozen=True, eq=False)
+class Environment:
+    """A backdrop fixed in the object's world: ground below the horizon (z = 0 of the ray
+    directions), darker towards the nadir; a sky from the horizon colour to the zenith colour
+    above it; and a slow brightening towards one azimuth, so each side has its own backdrop."""
+
+    ground: np.ndarray  # (3,)
+    horizon: np.ndarray  # (3,)
+    zenith: np.ndarray  # (3,)
+    wave: float  # relative brightening towards ``azimuth``, and darkening away from it
+    azimuth: float  # radians, object frame
+
+    def colour(self, unit: np.ndarray) -> np.ndarray:
+        """The backdrop (N, 3) seen along unit directions (N, 3) (object frame)."""
+        elevation = unit[:, 2:3]
+        sky = self.horizon + np.sqrt(np.clip(elevation, 0.0, 1.0)) * (self.zenith - self.horizon)
+        ground = self.ground * (1.0 - 0.3 * np.sqrt(np.clip(-elevation, 0.0, 1.0)))  # darker below
+        above = 1.0 / (1.0 + np.exp(-elevation / 0.12))  # a soft horizon, ~10 degrees wide
+        colour = above * sky + (1.0 - above) * ground
+        azimuth = np.arctan2(unit[:, 1], unit[:, 0])
+        return colour * (1.0 + self.wave * np.cos(azimuth - self.azimuth))[:, None]
+
+
+@dataclass(frozen=True, eq=False)
 class SyntheticObject:
     """An object, its caption, its placement in the world and its background."""
 
@@ -45,6 +82,11 @@ class SyntheticObject:
     # The toy world's look: single-hue primitives (palette row 0, no texture), no ground, and a
     # plain vertical gradient from backdrop low to high (no wave): little for a VAE to learn.
     plain: bool = False
+    # The sided toy world's (all None: the fixed light, the backdrop gradient, no mark).
+    mark: Mark | None = None  # a darker side of the first primitive
+    light: np.ndarray | None = None  # (3,) unit direction to the light, object frame
+    ambient: float = 0.6  # the shade of surfaces facing away from the light
+    environment: Environment | None = None  # the backdrop, instead of background rows 2, 3
 
     @property
     def scale(self) -> float:
@@ -175,9 +217,13 @@ def albedo(
     obj: SyntheticObject, prim: Primitive, points: np.ndarray, faces: np.ndarray
 ) -> np.ndarray:
     """Albedo (N, 3) of surface points of one of the object's primitives (object frame)."""
-    if obj.plain:
-        return np.broadcast_to(prim.palette[0], (len(points), 3)).copy()
-    return texture(prim, points, faces)
+    if not obj.plain:
+        return texture(prim, points, faces)
+    colour = np.broadcast_to(prim.palette[0], (len(points), 3)).copy()
+    if obj.mark is not None and prim is obj.primitives[0]:
+        relative = (points - prim.centre) / prim.size
+        colour[relative @ obj.mark.direction > obj.mark.threshold] *= obj.mark.shade
+    return colour
 
 
 def render_object(
@@ -200,10 +246,12 @@ def render_object(
     t, index, normals, faces = trace(obj, o, d)
     mask = index >= 0
     colour = np.zeros_like(o)
+    light = _LIGHT if obj.light is None else obj.light
     for i, prim in enumerate(obj.primitives):
         hit = index == i
         base = albedo(obj, prim, o[hit] + t[hit, None] * d[hit], faces[hit])
-        colour[hit] = base * (0.6 + 0.4 * np.clip(normals[hit] @ _LIGHT, 0.0, None))[:, None]
+        lit = obj.ambient + (1.0 - obj.ambient) * np.clip(normals[hit] @ light, 0.0, None)
+        colour[hit] = base * lit[:, None]
     # The ground: a checkered disc under the object; beyond it, a backdrop at infinity.
     low, high = obj.bounds()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -215,11 +263,14 @@ def render_object(
     colour[ground] = obj.background[cell.astype(int)]
     backdrop = ~mask & ~ground
     unit = d[backdrop] / np.linalg.norm(d[backdrop], axis=1, keepdims=True)
+    if obj.environment is not None:
+        colour[backdrop] = obj.environment.colour(unit)
     w = ((unit[:, 2] + 1.0) / 2.0)[:, None]
     wave = 0.85 + 0.15 * np.sin(5.0 * np.arctan2(unit[:, 1], unit[:, 0]) + 3.0 * unit[:, 2])
     if obj.plain:
         wave = np.ones_like(wave)
-    colour[backdrop] = ((1.0 - w) * obj.background[2] + w * obj.background[3]) * wave[:, None]
+    if obj.environment is None:
+        colour[backdrop] = ((1.0 - w) * obj.background[2] + w * obj.background[3]) * wave[:, None]
     depth = np.where(mask | ground, np.where(mask, t, t_ground), 0.0)
     image = np.round(np.clip(colour, 0.0, 1.0) * 255.0).astype(np.uint8)
     shape = (height, width)

@@ -188,6 +188,10 @@ def _write_category(
             "scale": obj.scale, "object_to_world": obj.object_to_world.tolist(),
             "box_corners_on_surface": category == "box", **keypoints,
         }  # fmt: skip
+        if obj.mark is not None:  # the sided toy world: where its darker side is
+            mark = obj.mark
+            objects[name]["mark"] = {"direction": mark.direction.tolist(),
+                                     "threshold": mark.threshold, "shade": mark.shade}  # fmt: skip
         progress.update()
     write_jgz(folder / "frame_annotations.jgz", frame_annotations)
     write_jgz(folder / "sequence_annotations.jgz", sequence_annotations)

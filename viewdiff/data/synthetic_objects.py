@@ -3,7 +3,8 @@
 ``make_object`` builds one object of a category in a style (``STYLES``): "co3d" objects are
 boxes, cans, balls and stacked composites with per-face colours, stripes and markers on a
 checkered ground (captions such as "a red and blue striped box"); "toy" objects are the single-hue
-shapes of ``viewdiff.data.toy_objects``. Either is centred in its object frame (+z up, bounding
+shapes of ``viewdiff.data.toy_objects``, and "toy_sided" the same with one darker side, their own
+light and a world-fixed backdrop. Each is centred in its object frame (+z up, bounding
 box centred at the origin) and put into its own random world frame (rotation, translation and
 scale, like CO3D's arbitrary SfM worlds). Rendering is ``viewdiff.data.raycast``'s; filming and
 writing the CO3Dv2 layout is ``viewdiff.data.synthetic``'s.
@@ -17,11 +18,23 @@ import re
 import numpy as np
 
 from viewdiff.data.raycast import Primitive, SyntheticObject
-from viewdiff.data.toy_objects import TOY_SHAPES, toy_background, toy_shapes
+from viewdiff.data.toy_objects import (
+    TOY_SHAPES,
+    toy_background,
+    toy_environment,
+    toy_light,
+    toy_mark,
+    toy_shapes,
+)
 
 CATEGORIES = ("box", "can", "ball", "composite")
-# Style -> its categories: "co3d" textured objects on a checker floor, "toy" the toy world's.
-STYLES: dict[str, tuple[str, ...]] = {"co3d": CATEGORIES, "toy": TOY_SHAPES}
+# Style -> its categories: "co3d" textured objects on a checker floor, "toy" the toy world's,
+# "toy_sided" the sided toy world's.
+STYLES: dict[str, tuple[str, ...]] = {
+    "co3d": CATEGORIES,
+    "toy": TOY_SHAPES,
+    "toy_sided": TOY_SHAPES,
+}
 
 
 def _palette(rng: np.random.Generator) -> np.ndarray:
@@ -86,11 +99,12 @@ def make_object(
     """A random object of a category, centred in its frame and placed in a random world frame.
 
     ``style`` "co3d": textured objects on a checker floor; "toy": the toy world's single-hue
-    objects before plain backdrops (``viewdiff.data.toy_objects``), coloured by ``index``.
+    objects before plain backdrops (``viewdiff.data.toy_objects``), coloured by ``index``;
+    "toy_sided": the same objects (equal draws), then a darker side, a light and a backdrop.
     """
     if style not in STYLES:
         raise ValueError(f"unknown synthetic style {style!r}; expected one of {tuple(STYLES)}")
-    toy = style == "toy"
+    toy = style in ("toy", "toy_sided")
     shapes, caption = toy_shapes(category, index, rng) if toy else _shapes(category, rng)
     caption = re.sub(r"\ba (?=[aeiou])", "an ", caption)  # "an orange can"
     low = np.min([p.centre - p.size for p in shapes], axis=0)
@@ -108,6 +122,14 @@ def make_object(
             [rng.uniform(0.25, 0.75, (2, 3)), rng.uniform(0.1, 0.9, (2, 3))]
         )
         checker = rng.uniform(0.15, 0.35)
+    if style != "toy_sided":
+        return SyntheticObject(
+            category, tuple(shapes), caption, object_to_world, background, checker, plain=toy
+        )
+    # Drawn after everything the plain toy world draws: its objects stay as they were.
+    light, ambient = toy_light(rng)
     return SyntheticObject(
-        category, tuple(shapes), caption, object_to_world, background, checker, plain=toy
-    )
+        category, tuple(shapes), caption, object_to_world, background, checker, plain=True,
+        mark=toy_mark(category, rng), light=light, ambient=ambient,
+        environment=toy_environment(rng),
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The toy world's objects: single-hue balls, boxes and cans before plain backdrops.
+"""The toy world's objects: single-hue balls, boxes and cans before plain backdrops, and the
+sided toy world's, which also have one darker side.
 
 A toy object is one analytic primitive of one of ``TOY_SHAPES`` in one of ``TOY_COLOURS``,
 uniformly coloured (no texture), shaded by the fixed light of ``viewdiff.data.raycast``, floating
@@ -11,6 +12,12 @@ real readers, shards and loader take them.
 The colours are HSV hues six apart on the colour wheel (red 0, orange 25, yellow 55, green 120,
 blue 220, purple 280 degrees), each jittered a little per object; the object's size and
 proportions vary within its shape, and normalisation removes its world scale.
+
+The sided world (``style="toy_sided"``) adds what only a consistent 3D object keeps in place
+from view to view: one darker side (``toy_mark``: a box face, a band down a can, a cap on a
+ball; where it sits drawn per object, so no caption can say it), a light from its own direction
+(``toy_light``), and a backdrop fixed in its world (``toy_environment``: ground, horizon, sky and
+a brighter side) whose tones are drawn apart from the object's colour. Captions are unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import colorsys
 
 import numpy as np
 
-from viewdiff.data.raycast import Primitive
+from viewdiff.data.raycast import Environment, Mark, Primitive
 
 TOY_SHAPES = ("ball", "box", "can")
 # Colour name -> HSV hue in [0, 1).
@@ -83,3 +90,51 @@ def toy_background(rng: np.random.Generator) -> np.ndarray:
     low = np.clip(grey + rng.uniform(-0.04, 0.04, 3), 0.0, 1.0)
     high = np.clip(low * rng.uniform(0.8, 1.2), 0.0, 1.0)
     return np.concatenate([np.zeros((2, 3)), low[None], high[None]])
+
+
+# The sided toy world (style "toy_sided"): each object has one darker side, lit from its own
+# direction, before a backdrop fixed in its world whose tone is drawn apart from the object's.
+_BOX_SIDES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]], dtype=float)
+
+
+def toy_mark(shape: str, rng: np.random.Generator) -> Mark:
+    """Where a toy object's darker side is, in its frame: a box face (a side or the top), a band
+    down one side of a can, a cap on a ball; its place drawn per object."""
+    shade = rng.uniform(0.2, 0.28)
+    if shape == "box":
+        return Mark(_BOX_SIDES[rng.integers(len(_BOX_SIDES))], 0.99, shade)
+    azimuth = rng.uniform(0.0, 2.0 * np.pi)
+    if shape == "can":
+        direction = np.array([np.cos(azimuth), np.sin(azimuth), 0.0])
+        return Mark(direction, float(np.cos(np.deg2rad(28.0))), shade)
+    elevation = np.deg2rad(rng.uniform(-15.0, 45.0))
+    direction = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                          np.sin(elevation)])  # fmt: skip
+    return Mark(direction, float(np.cos(np.deg2rad(40.0))), shade)
+
+
+def toy_light(rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A light from above at a random azimuth (unit (3,), object frame) and the ambient shade."""
+    azimuth, elevation = rng.uniform(0.0, 2.0 * np.pi), np.deg2rad(rng.uniform(30.0, 75.0))
+    direction = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                          np.sin(elevation)])  # fmt: skip
+    return direction, float(rng.uniform(0.55, 0.75))
+
+
+def _tone(grey: float, rng: np.random.Generator) -> np.ndarray:
+    """A low-saturation colour of about ``grey``, tinted towards a random hue."""
+    hue, saturation = rng.uniform(), rng.uniform(0.0, 0.18)
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, np.clip(grey, 0.0, 1.0)))
+
+
+def toy_environment(rng: np.random.Generator) -> Environment:
+    """A toy object's backdrop: ground, horizon and zenith tones drawn apart from its colour
+    (low saturation, so never read as the object), and a slow brightening towards one side."""
+    horizon = rng.uniform(0.45, 0.9)
+    return Environment(
+        ground=_tone(horizon * rng.uniform(0.45, 0.8), rng),
+        horizon=_tone(horizon, rng),
+        zenith=_tone(horizon * rng.uniform(0.7, 1.15), rng),
+        wave=float(rng.uniform(0.1, 0.25)),
+        azimuth=float(rng.uniform(0.0, 2.0 * np.pi)),
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -44,16 +45,22 @@ CONSISTENCY_FIT = FitConfig(
 )
 
 
+# Toy world (a synthetic style) -> how its shards are cut: the plain world's around the object,
+# as the shipped prior was trained; the sided world's whole (the object about half the frame).
+TOY_CROPS: dict[str, Literal["full", "object"]] = {"toy": "object", "toy_sided": "full"}
+
+
 def make_toy_shards(
-    out: Path, sequences: int, frames: int, seed: int, image_size: int = 64
+    out: Path, sequences: int, frames: int, seed: int, image_size: int = 64, style: str = "toy"
 ) -> Path:
     """``sequences`` toy objects per shape, ``frames`` views each, as shards; their folder."""
+    frame = max(96, image_size)  # rendered at least at 96 px, stored at image_size
     root = make_synthetic_dataset(
-        out / "co3d", None, sequences, frames, (96, 96), seed, points=500, overwrite=True,
-        style="toy",
+        out / "co3d", None, sequences, frames, (frame, frame), seed, points=500, overwrite=True,
+        style=style,
     )  # fmt: skip
-    options = ShardOptions(  # cut around the object, as the toy prior was trained
-        image_size=image_size, min_frames=min(5, frames), max_frames=frames, crop="object"
+    options = ShardOptions(
+        image_size=image_size, min_frames=min(5, frames), max_frames=frames, crop=TOY_CROPS[style]
     )
     write_shards(root, out / "shards", options)
     return out / "shards"
