@@ -1,7 +1,8 @@
 """What the shipped toy world knows, measured on objects it never saw; prints a table.
 
     python bench/toy_quality.py [--checkpoint viewdiff/assets/toy/multiview] [--work DIR]
-        [--samples-per-prompt 4] [--consistency-prompts 6] [--eval-objects 30] [--quick]
+        [--samples-per-prompt 4] [--consistency-prompts 6] [--eval-objects 30]
+        [--world toy|toy_sided] [--quick]
 
 1. Classifiers (``viewdiff.toy.classify``) on real held-out renders and on their VAE round trips:
    the colour rule and the shape classifier, fitted on other real renders.
@@ -13,7 +14,11 @@
    out (views 3 and 7), for 8 views generated jointly by the prior and for 8 images generated
    one by one by the toy SD (the per-view baseline, fitted with the same cameras). The same
    measure on real renders gives its range: 8 views of one object, and 8 views of 8 different
-   objects of the same caption.
+   objects of the same caption. The fit is on the object alone (backdrop masked out). In the
+   sided world (``--world toy_sided``, the objects' darker side and world-fixed backdrop) also:
+   the backdrop's consistency by ray direction (``viewdiff.toy.backdrop_check``), and whether
+   the darker side sits in one 3D place (``viewdiff.toy.feature_check``; target >= 90% of joint
+   view sets).
 5. Image-conditional novel views (``infer.py eval``: 1 true view given, 3 generated at their
    true cameras) on held-out objects, next to copying the given view into every other view.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -44,10 +50,13 @@ from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
 from viewdiff.prior.load import load_export  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
+from viewdiff.toy.backdrop_check import backdrop_consistency_psnr  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
+from viewdiff.toy.feature_check import fit_mark, one_place  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
+    TOY_CROPS,
     consistency_psnr,
     make_toy_shards,
     prior_views,
@@ -79,12 +88,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calibration-objects", type=positive_int, default=3, help="real objects fitted"
     )
     parser.add_argument("--fit-iterations", type=positive_int, default=CONSISTENCY_FIT.iterations)
+    parser.add_argument(
+        "--world", choices=tuple(TOY_CROPS), default="toy", help="the toy world the prior knows"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer of everything (a smoke run)")
     args = parser.parse_args(argv)
+    args.reference_objects, args.heldout_objects = 40, 20  # per shape
     if args.quick:
         args.samples_per_prompt, args.consistency_prompts, args.eval_objects = 1, 1, 4
         args.calibration_objects = 1
         args.fit_iterations = 100
+        args.reference_objects, args.heldout_objects = 8, 7  # 7: two objects share a caption
     return args
 
 
@@ -106,8 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
 
     # 1. Classifiers on real renders (fitted on seed 2, scored on held-out seed 1).
-    reference = read_shard_images(make_toy_shards(args.work / "reference", 40, 4, seed=2))
-    heldout_shards = make_toy_shards(args.work / "heldout", 20, 8, seed=1)
+    size, world = prior.info.config.data.image_size, args.world
+    reference = read_shard_images(
+        make_toy_shards(
+            args.work / "reference", args.reference_objects, 4, 2, image_size=size, style=world
+        )
+    )
+    heldout_shards = make_toy_shards(
+        args.work / "heldout", args.heldout_objects, 8, 1, image_size=size, style=world
+    )
     heldout = read_shard_images(heldout_shards)
     classifier = fit_shape_classifier(unit(reference), reference.categories)
     round_trip = (reconstruct(pipe.vae, heldout.floats()) + 1.0) / 2.0
@@ -136,24 +157,28 @@ def main(argv: list[str] | None = None) -> dict:
         iterations=args.fit_iterations,
         densify_until=min(CONSISTENCY_FIT.densify_until, args.fit_iterations * 3 // 4),
     )
-    joint_psnr, single_psnr, shown = [], [], []
+    scores: dict[str, list[dict[str, float]]] = {"joint": [], "single": []}
+    shown = []
     for i, prompt in enumerate(chosen):
         views = prior_views(prior, [prompt], orbit8, settings, seed=3000 + i)[0]
         singles = generate(pipe, [prompt] * 8, seed=4000 + 8 * i)
-        joint_psnr.append(consistency_psnr(views, orbit8, HELD_OUT_VIEWS, fit_config, seed=i))
-        single_psnr.append(consistency_psnr(singles, orbit8, HELD_OUT_VIEWS, fit_config, seed=i))
+        for kind, images in (("joint", views), ("single", singles)):
+            scores[kind].append(consistency_scores(images, orbit8, fit_config, i, world))
         shown += [views, singles]
-        print(f"3D consistency {prompt!r}: joint {joint_psnr[-1]:.2f} dB, "
-              f"one by one {single_psnr[-1]:.2f} dB", flush=True)  # fmt: skip
-    figures["consistency_joint_psnr"] = sum(joint_psnr) / len(joint_psnr)
-    figures["consistency_real"] = metric_range(heldout, args.calibration_objects, fit_config)
-    figures["consistency_single_psnr"] = sum(single_psnr) / len(single_psnr)
+        print(f"3D consistency {prompt!r}: joint {scores['joint'][-1]}, "
+              f"one by one {scores['single'][-1]}", flush=True)  # fmt: skip
+    figures["consistency_joint"] = averaged(scores["joint"])
+    figures["consistency_single"] = averaged(scores["single"])
+    figures["consistency_joint_psnr"] = figures["consistency_joint"]["object_psnr"]
+    figures["consistency_single_psnr"] = figures["consistency_single"]["object_psnr"]
+    figures["consistency_real"] = metric_range(heldout, args.calibration_objects, fit_config, world)
     figures["consistency_prompts"] = chosen
     save_grid(torch.cat(shown), args.work / "consistency.png", 8)
 
     # 5. Image-conditional novel views on held-out objects, and copying the given view.
-    data = DataConfig(shards=str(heldout_shards), image_size=64, n_views=4, num_workers=0,
-                      crop="object")  # fmt: skip  # toy shards: cut around the object
+    crop = "object" if TOY_CROPS[world] == "object" else "random_square"  # as the shards were cut
+    data = DataConfig(shards=str(heldout_shards), image_size=size, n_views=4, num_workers=0,
+                      crop=crop)  # fmt: skip
     results = evaluate_heldout(prior, data, 1, settings, args.work / "eval", args.eval_objects)
     figures["novel_views"] = summarize(results)
     copies = []
@@ -171,20 +196,44 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
-def metric_range(heldout, objects: int, fit_config) -> dict[str, float]:
-    """The consistency measure on real renders: 8 views of one object (its ceiling here), and
+def consistency_scores(
+    images: torch.Tensor, cameras: Trajectory, fit_config, seed: int, world: str
+) -> dict[str, float]:
+    """3D consistency of 8 views (8, 3, H, W) in [0, 1]: Gaussians fitted to the object (its
+    backdrop masked out), and in the sided world the backdrop by ray direction and one 3D place
+    for the darker side."""
+    scores = {"object_psnr": consistency_psnr(images, cameras, HELD_OUT_VIEWS, fit_config, seed)}
+    if world == "toy_sided":
+        scores["backdrop_psnr"] = backdrop_consistency_psnr(images, cameras, HELD_OUT_VIEWS)
+        mark = fit_mark(images, cameras.K, cameras.w2c)
+        scores["mark_agreement"] = mark.agreement
+        scores["mark_one_place"] = float(one_place(mark))
+    return scores
+
+
+def averaged(scores: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each figure over objects (NaNs, a backdrop nowhere in reach, left out)."""
+    means = {}
+    for key in scores[0]:
+        values = [s[key] for s in scores if not math.isnan(s[key])]
+        means[key] = sum(values) / len(values) if values else float("nan")
+    return means
+
+
+def metric_range(heldout, objects: int, fit_config, world: str) -> dict[str, dict[str, float]]:
+    """The consistency measures on real renders: 8 views of one object (their ceiling here), and
     8 views of 8 different objects with the same caption at that object's cameras (a floor)."""
     one, mixed = [], []
-    for index in range(0, len(heldout.objects), max(1, len(heldout.objects) // objects))[:objects]:
+    captions = [heldout.captions[heldout.views_of(o)[0]] for o in range(len(heldout.objects))]
+    shared = [o for o, caption in enumerate(captions) if captions.count(caption) > 1]
+    for index in shared[:: max(1, len(shared) // objects)][:objects]:
         rows = heldout.views_of(index)[:8]
         cameras = Trajectory(heldout.K[rows], heldout.w2c[rows], tuple(heldout.images.shape[-2:]))
-        caption = heldout.captions[rows[0]]
-        captions = [heldout.captions[heldout.views_of(o)[0]] for o in range(len(heldout.objects))]
-        others = [o for o, c in enumerate(captions) if o != index and c == caption]
+        others = [o for o, c in enumerate(captions) if o != index and c == captions[index]]
         swapped = torch.stack([heldout.views_of(others[j % len(others)])[j] for j in range(8)])
-        one.append(consistency_psnr(unit(heldout)[rows], cameras, HELD_OUT_VIEWS, fit_config))
-        mixed.append(consistency_psnr(unit(heldout)[swapped], cameras, HELD_OUT_VIEWS, fit_config))
-    return {"one_object": sum(one) / len(one), "different_objects": sum(mixed) / len(mixed)}
+        one.append(consistency_scores(unit(heldout)[rows], cameras, fit_config, 0, world))
+        mixed.append(consistency_scores(unit(heldout)[swapped], cameras, fit_config, 0, world))
+    return {"one_object": averaged(one), "different_objects": averaged(mixed)}
 
 
 def print_table(f: dict) -> None:
@@ -204,8 +253,8 @@ def print_table(f: dict) -> None:
         ("3D consistency, held-out PSNR: one by one (toy SD)",
          f"{f['consistency_single_psnr']:.2f} dB", ""),
         ("  real renders: one object / 8 different objects",
-         f"{f['consistency_real']['one_object']:.2f} / "
-         f"{f['consistency_real']['different_objects']:.2f} dB", ""),
+         f"{f['consistency_real']['one_object']['object_psnr']:.2f} / "
+         f"{f['consistency_real']['different_objects']['object_psnr']:.2f} dB", ""),
         ("novel views from 1 view: PSNR / masked PSNR / SSIM",
          f"{f['novel_views']['psnr']:.2f} / {f['novel_views']['psnr_masked']:.2f} / "
          f"{f['novel_views']['ssim']:.3f}", ""),
@@ -214,6 +263,21 @@ def print_table(f: dict) -> None:
          f"{f['novel_views_copy_baseline']['psnr_masked']:.2f} / "
          f"{f['novel_views_copy_baseline']['ssim']:.3f}", ""),
     ]  # fmt: skip
+    if "backdrop_psnr" in f["consistency_joint"]:  # the sided world
+        joint, single, real = f["consistency_joint"], f["consistency_single"], f["consistency_real"]
+        one, mixed = real["one_object"], real["different_objects"]
+        rows[8:8] = [
+            ("3D consistency of the backdrop: joint / one by one",
+             f"{joint['backdrop_psnr']:.2f} / {single['backdrop_psnr']:.2f} dB", ""),
+            ("  real renders: one object / 8 different objects",
+             f"{one['backdrop_psnr']:.2f} / {mixed['backdrop_psnr']:.2f} dB", ""),
+            ("darker side in one 3D place: joint / one by one",
+             f"{joint['mark_one_place']:.0%} / {single['mark_one_place']:.0%}", ">= 90% joint"),
+            ("  real renders: one object / 8 different objects",
+             f"{one['mark_one_place']:.0%} / {mixed['mark_one_place']:.0%}", ""),
+            ("darker side, views agreeing: joint / one by one",
+             f"{joint['mark_agreement']:.0%} / {single['mark_agreement']:.0%}", ""),
+        ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':{width}s}  {'value':>24s}  target")
     for name, value, target in rows:

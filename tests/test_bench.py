@@ -24,10 +24,16 @@ def test_full_size_benchmark_needs_cuda(monkeypatch):
         runpy.run_path("bench/model_step.py", run_name="__main__")
 
 
-def test_toy_quality_benchmark_measures_every_figure_quickly(tmp_path, capsys):
-    figures = runpy.run_path("bench/toy_quality.py")["main"](["--quick", "--work", str(tmp_path)])
+@pytest.mark.parametrize("world", ["toy", "toy_sided"])
+def test_toy_quality_benchmark_measures_every_figure_quickly(world, tmp_path, capsys):
+    argv = ["--quick", "--work", str(tmp_path), "--world", world]
+    figures = runpy.run_path("bench/toy_quality.py")["main"](argv)
     for key in ("vae_psnr", "consistency_joint_psnr", "consistency_single_psnr"):
         assert 0 < figures[key] < 100, key
+    if world == "toy_sided":  # the backdrop and the darker side, measured on real renders too
+        one = figures["consistency_real"]["one_object"]
+        assert one["backdrop_psnr"] > 30 and one["mark_one_place"] == 1.0, one
+        assert 0 <= figures["consistency_joint"]["mark_agreement"] <= 1
     assert 0 <= figures["t2i_base"]["colour"] <= 1 and "psnr" in figures["novel_views"]
     assert "VAE held-out PSNR" in capsys.readouterr().out
     assert (tmp_path / "quality.json").is_file() and (tmp_path / "consistency.png").is_file()
