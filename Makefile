@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 # thread per core (times the test's worker processes) oversubscribes it: 100x slower steps seen.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: test demo toy lint typecheck format clean-demo clean-toy
+.PHONY: test demo toy toy-sided lint typecheck format clean-demo clean-toy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -110,6 +110,30 @@ toy: $(STAMP)
 
 clean-toy:
 	rm -rf $(TOY)
+
+# The sided toy world's candidate prior (issue 33), not shipped: sided objects -> whole-frame
+# shards -> a toy SD pretrained on them -> the paper's model (configs/toy_sided.yaml) -> its
+# figures (bench/toy_quality.py --world toy_sided). SIDED_STEPS sets the fine-tuning budget.
+# Resumes what an interrupted run left in $(TOY_SIDED).
+TOY_SIDED ?= runs/toy-sided
+SIDED_STEPS ?= 10000
+toy-sided: $(STAMP)
+	$(BIN)/python data/make_synthetic.py --out $(TOY_SIDED)/co3d/train --style toy_sided \
+		--sequences 300 --frames 12 --size 96x96 --points 500 --seed 0 --overwrite
+	$(BIN)/python data/make_synthetic.py --out $(TOY_SIDED)/co3d/heldout --style toy_sided \
+		--sequences 20 --frames 12 --size 96x96 --points 500 --seed 1 --overwrite
+	$(BIN)/python data/prepare_co3d.py --co3d-root $(TOY_SIDED)/co3d/train \
+		--out $(TOY_SIDED)/shards/train --size 64 --workers 2 --crop full
+	$(BIN)/python data/prepare_co3d.py --co3d-root $(TOY_SIDED)/co3d/heldout \
+		--out $(TOY_SIDED)/shards/heldout --size 64 --split test --crop full
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m viewdiff.toy pretrain --threads 2 \
+		--shards $(TOY_SIDED)/shards/train --heldout $(TOY_SIDED)/shards/heldout \
+		--out $(TOY_SIDED)/base
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python train.py --config configs/toy_sided.yaml \
+		model.pretrained_model=$(TOY_SIDED)/base/sd data.shards=$(TOY_SIDED)/shards/train \
+		train.output_dir=$(TOY_SIDED)/multiview train.max_steps=$(SIDED_STEPS)
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python bench/toy_quality.py --world toy_sided \
+		--checkpoint $(TOY_SIDED)/multiview/model --work $(TOY_SIDED)/quality
 
 clean-demo:
 	rm -rf $(DEMO)
