@@ -1,10 +1,12 @@
 """ViewDiff's ablation (its Table 3) in miniature, on the toy world: what each part buys.
 
     python bench/ablation.py [--work runs/ablation] [--steps 1200] [--variants base cfa ...]
-        [--consistency-objects 4] [--novel-objects 12] [--quick] [--force]
+        [--world toy|toy_sided] [--base SD_FOLDER] [--consistency-objects 4]
+        [--novel-objects 12] [--quick] [--force]
 
-From the shipped toy base SD (viewdiff/assets/toy/sd), with the same data, steps and seed,
-train.py fine-tunes (configs/toy_cpu.yaml's settings):
+From a toy base SD (the world's: the shipped viewdiff/assets/toy/sd for ``toy``,
+runs/toy-sided/base/sd from ``make toy-sided`` for ``toy_sided``), with the same data, steps and
+seed, train.py fine-tunes (the world's config: configs/toy_cpu.yaml, configs/toy_sided.yaml):
 
     base           no fine-tune: the toy SD, one view at a time
     cfa            cross-frame attention only (model.pose_lora=false, projection_layers=false)
@@ -13,11 +15,16 @@ train.py fine-tunes (configs/toy_cpu.yaml's settings):
                    (train.novel_views=1) and prior preservation (train.prior_shards, weight 0.1)
     full_no_novel  full, every view lifted (train.novel_views=0)
     full_no_prior  full, without prior preservation (train.prior_shards="")
+    full_residual  full, its projection layers added to the block's features as a residual
+                   (model.projection_merge=residual) instead of replacing them as the paper
 
 and measures each on toy objects made with seeds the training data does not use:
 
 - 3D consistency: 8 views of an object generated jointly on the default orbit (for base: 8
-  images one by one), Gaussians fitted to 6, PSNR on the 2 held out (``consistency_psnr``);
+  images one by one), Gaussians fitted to 6, PSNR on the 2 held out (``consistency_psnr``); in
+  the sided world also the backdrop's consistency and whether the darker side sits in one 3D
+  place (``viewdiff.toy.quality.consistency_scores``). Each is the mean over objects, printed
+  with its standard error (the measure's own noise: its spread over objects and seeds);
 - novel views from one view: 1 true view given, 3 generated at their true cameras, PSNR/SSIM
   against the truth (``infer.py eval``'s ``evaluate_heldout``; base ignores the given view);
 - text accuracy: colour and shape of 4 joint views of every toy prompt (classifier fitted on
@@ -66,7 +73,8 @@ from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # n
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
-    consistency_psnr,
+    averaged,
+    consistency_scores,
     make_toy_shards,
     prior_views,
     toy_orbit,
@@ -76,7 +84,6 @@ from viewdiff.toy.t2i_training import generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_SD = TOY_MULTIVIEW.parent / "sd"
-HELD_OUT_VIEWS = (3, 7)
 FULL = ("train.novel_views=1", "train.prior_weight=0.1")
 VARIANTS = {  # name -> (what it has, train.py overrides; None: no fine-tune)
     "base": ("toy SD, one view at a time", None),
@@ -85,8 +92,14 @@ VARIANTS = {  # name -> (what it has, train.py overrides; None: no fine-tune)
     "full": ("+ projection layers, novel view, prior", FULL),
     "full_no_novel": ("full without novel-view holdout", (*FULL[1:], "train.novel_views=0")),
     "full_no_prior": ("full without prior preservation", (FULL[0], "train.prior_shards=")),
+    "full_residual": ("full, projection as a residual", (*FULL, "model.projection_merge=residual")),
 }
-WITH_PRIOR = ("full", "full_no_novel")
+WITH_PRIOR = ("full", "full_no_novel", "full_residual")
+# World -> its fine-tuning config, its default base SD and how its views are cut.
+WORLDS = {
+    "toy": ("configs/toy_cpu.yaml", TOY_SD, "object"),
+    "toy_sided": ("configs/toy_sided.yaml", REPO / "runs/toy-sided/base/sd", "random_square"),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,9 +112,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--consistency-objects", type=positive_int, default=4)
     parser.add_argument("--novel-objects", type=positive_int, default=12)
     parser.add_argument("--fit-iterations", type=positive_int, default=CONSISTENCY_FIT.iterations)
+    parser.add_argument("--world", choices=tuple(WORLDS), default="toy", help="which toy world")
+    parser.add_argument("--base", type=Path, help="toy base SD folder (default: the world's)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny everything")
     parser.add_argument("--force", action="store_true", help="re-measure measured variants")
     args = parser.parse_args(argv)
+    args.config, default_base, args.crop = WORLDS[args.world]
+    args.base = args.base or default_base
+    if not (args.base / "model_index.json").is_file():
+        parser.error(f"--base {args.base}: not a Stable Diffusion folder (make toy-sided?)")
     if args.quick:
         args.steps, args.objects_per_shape = 4, 2
         args.consistency_objects, args.novel_objects, args.fit_iterations = 1, 2, 30
@@ -121,11 +140,11 @@ def make_data(args: argparse.Namespace, work: Path) -> dict[str, Path]:
             "reference": (2 if args.quick else 20, 4, 2)}  # fmt: skip
     for name, (objects, frames, seed) in plan.items():
         if not (paths[name] / "manifest.json").is_file():
-            make_toy_shards(work / name, objects, frames, seed=seed)
+            make_toy_shards(work / name, objects, frames, seed=seed, style=args.world)
     paths["prior"] = work / "prior"
     if any(name in WITH_PRIOR for name in args.variants):
         runpy.run_path(str(REPO / "data/make_prior_set.py"))["main"](
-            ["--pretrained-model", str(TOY_SD), "--captions-from", str(paths["train"]),
+            ["--pretrained-model", str(args.base), "--captions-from", str(paths["train"]),
              "--out", str(paths["prior"]), "--size", "64", "--images-per-caption", "8",
              "--steps", "20", "--guidance-scale", "4"]
         )  # fmt: skip
@@ -139,8 +158,8 @@ def train_variant(name: str, args: argparse.Namespace, paths: dict[str, Path], w
     if (out / "model" / "config.json").is_file():
         return
     prior = [f"train.prior_shards={paths['prior']}"] if name in WITH_PRIOR else []
-    argv = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/toy_cpu.yaml"),
-            f"model.pretrained_model={TOY_SD}", f"data.shards={paths['train']}",
+    argv = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / args.config),
+            f"model.pretrained_model={args.base}", f"data.shards={paths['train']}",
             f"train.output_dir={out}", f"train.max_steps={args.steps}",
             "train.validate_every=0", f"train.checkpoint_every={max(1, args.steps // 4)}",
             f"train.log_every={max(1, args.steps // 10)}", "train.report_to=[]",
@@ -162,17 +181,17 @@ class Evaluation:
 
 def evaluation(args: argparse.Namespace, paths: dict[str, Path]) -> Evaluation:
     """The shared measuring tools."""
-    settings = load_config(REPO / "configs/toy_cpu.yaml").sample
+    settings = load_config(REPO / args.config).sample
     reference = read_shard_images(paths["reference"])
     classifier = fit_shape_classifier(unit(reference), reference.categories)
     heldout = DataConfig(shards=str(paths["heldout"]), image_size=64, n_views=4, num_workers=0,
-                         crop="object")  # fmt: skip  # toy shards: cut around the object
+                         crop=args.crop)  # fmt: skip  # as the world's shards were cut
     fit = dataclasses.replace(
         CONSISTENCY_FIT,
         iterations=args.fit_iterations,
         densify_until=min(CONSISTENCY_FIT.densify_until, args.fit_iterations * 3 // 4),
     )
-    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)
+    pipe = StableDiffusionPipeline.from_pretrained(args.base)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return Evaluation(settings, classifier, heldout, fit, pipe)
@@ -205,11 +224,13 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         results = evaluate_heldout(prior, tools.heldout, 1, settings, work / "eval" / name,
                                    args.novel_objects)  # fmt: skip
         novel = summarize(results)
-    psnrs = [consistency_psnr(views, orbit8, HELD_OUT_VIEWS, tools.fit, seed=i)
-             for i, views in enumerate(objects)]  # fmt: skip
+    consistency = averaged([consistency_scores(views, orbit8, tools.fit, i, args.world)
+                            for i, views in enumerate(objects)])  # fmt: skip
     accuracy = classifier_accuracy(tools.classifier, text, per_view)
     return {
-        "consistency_psnr": sum(psnrs) / len(psnrs),
+        "consistency_psnr": consistency.pop("object_psnr"),
+        "consistency_psnr_se": consistency.pop("object_psnr_se"),
+        **consistency,  # the sided world's backdrop_psnr, mark_one_place, ... (and _se)
         "novel_psnr": novel["psnr"],
         "novel_psnr_masked": novel["psnr_masked"],
         "novel_ssim": novel["ssim"],
@@ -238,18 +259,33 @@ def projection_output_weight(model: Path) -> float | None:
 COLUMNS = [("consistency_psnr", "3D consistency PSNR (dB)", "{:.2f}"),
            ("novel_psnr", "novel view PSNR (dB)", "{:.2f}"), ("novel_ssim", "SSIM", "{:.3f}"),
            ("colour", "colour acc.", "{:.0%}"), ("shape", "shape acc.", "{:.0%}")]  # fmt: skip
+SIDED_COLUMNS = [("backdrop_psnr", "backdrop consistency (dB)", "{:.2f}"),
+                 ("mark_one_place", "darker side in one place", "{:.0%}")]  # fmt: skip
+
+
+def columns(figures: dict) -> list[tuple[str, str, str]]:
+    """The table's columns: the sided world's two more when measured."""
+    rows = figures["variants"].values()
+    return COLUMNS + [c for c in SIDED_COLUMNS if all(c[0] in row for row in rows)]
+
+
+def cell(row: dict, key: str, form: str) -> str:
+    """A figure, with its standard error when the measure has one."""
+    text = form.format(row[key])
+    return text + " ± " + form.format(row[f"{key}_se"]) if f"{key}_se" in row else text
 
 
 def table(figures: dict, steps: int) -> str:
     """The figures as a markdown table."""
-    head = ["variant", "what it has", *(title for _, title, _ in COLUMNS)]
+    shown = columns(figures)
+    head = ["variant", "what it has", *(title for _, title, _ in shown)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in figures["variants"].items():
-        cells = [f"`{name}`", VARIANTS[name][0], *(f.format(row[k]) for k, _, f in COLUMNS)]
+        cells = [f"`{name}`", VARIANTS[name][0], *(cell(row, k, f) for k, _, f in shown)]
         lines.append("| " + " | ".join(cells) + " |")
-    note = (f"\n{steps} fine-tuning steps per variant; consistency on "
-            f"{figures['consistency_objects']} objects, novel views on "
-            f"{figures['novel_objects']} held-out objects.\n")  # fmt: skip
+    note = (f"\n{steps} fine-tuning steps per variant in the {figures['world']} world; "
+            f"consistency on {figures['consistency_objects']} objects (± its standard error over "
+            f"them), novel views on {figures['novel_objects']} held-out objects.\n")  # fmt: skip
     grown = {name: row["projection_output_weight"] for name, row in figures["variants"].items()
              if "projection_output_weight" in row}  # fmt: skip
     if grown:
@@ -267,9 +303,10 @@ def bar_chart(figures: dict, path: Path) -> None:
     colours = [(120, 120, 120), (70, 130, 180), (60, 170, 110), (220, 120, 40), (200, 80, 80),
                (150, 100, 190)]  # fmt: skip
     panel_w, panel_h, bar_w = 230, 260, 26
-    image = Image.new("RGB", (panel_w * len(COLUMNS), panel_h + 24 * len(names) + 20), "white")
+    shown = columns(figures)
+    image = Image.new("RGB", (panel_w * len(shown), panel_h + 24 * len(names) + 20), "white")
     draw = ImageDraw.Draw(image)
-    for p, (key, title, fmt) in enumerate(COLUMNS):
+    for p, (key, title, fmt) in enumerate(shown):
         values = [figures["variants"][n][key] for n in names]
         low = min(0.0, *values) if "psnr" not in key else min(values) - 1.0
         high = max(values) + (1e-9 if max(values) > low else 1.0)
@@ -311,7 +348,11 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(
             f"{results_path} holds a run of {saved['steps']} steps; use another --work"
         )
-    figures = {"steps": args.steps, "consistency_objects": args.consistency_objects,
+    if saved.get("world", "toy") != args.world and saved:
+        raise SystemExit(f"{results_path} holds a run of the {saved.get('world', 'toy')} world; "
+                         "use another --work")  # fmt: skip
+    figures = {"steps": args.steps, "world": args.world,
+               "consistency_objects": args.consistency_objects,
                "novel_objects": args.novel_objects, "variants": saved.get("variants", {}),
                "minutes": saved.get("minutes", {})}  # fmt: skip
     paths = make_data(args, work)

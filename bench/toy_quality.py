@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -50,14 +49,13 @@ from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
 from viewdiff.prior.load import load_export  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
-from viewdiff.toy.backdrop_check import backdrop_consistency_psnr  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
-from viewdiff.toy.feature_check import fit_mark, one_place  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
     TOY_CROPS,
-    consistency_psnr,
+    averaged,
+    consistency_scores,
     make_toy_shards,
     prior_views,
     toy_orbit,
@@ -66,8 +64,6 @@ from viewdiff.toy.quality import (  # noqa: E402
 from viewdiff.toy.t2i_training import generate  # noqa: E402
 from viewdiff.toy.vae_training import reconstruct, reconstruction_psnr  # noqa: E402
 from viewdiff.visualize import image_grid, to_pil  # noqa: E402
-
-HELD_OUT_VIEWS = (3, 7)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -194,30 +190,6 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(figures)
     (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
     return figures
-
-
-def consistency_scores(
-    images: torch.Tensor, cameras: Trajectory, fit_config, seed: int, world: str
-) -> dict[str, float]:
-    """3D consistency of 8 views (8, 3, H, W) in [0, 1]: Gaussians fitted to the object (its
-    backdrop masked out), and in the sided world the backdrop by ray direction and one 3D place
-    for the darker side."""
-    scores = {"object_psnr": consistency_psnr(images, cameras, HELD_OUT_VIEWS, fit_config, seed)}
-    if world == "toy_sided":
-        scores["backdrop_psnr"] = backdrop_consistency_psnr(images, cameras, HELD_OUT_VIEWS)
-        mark = fit_mark(images, cameras.K, cameras.w2c)
-        scores["mark_agreement"] = mark.agreement
-        scores["mark_one_place"] = float(one_place(mark))
-    return scores
-
-
-def averaged(scores: list[dict[str, float]]) -> dict[str, float]:
-    """The mean of each figure over objects (NaNs, a backdrop nowhere in reach, left out)."""
-    means = {}
-    for key in scores[0]:
-        values = [s[key] for s in scores if not math.isnan(s[key])]
-        means[key] = sum(values) / len(values) if values else float("nan")
-    return means
 
 
 def metric_range(heldout, objects: int, fit_config, world: str) -> dict[str, dict[str, float]]:

@@ -62,3 +62,19 @@ def test_an_ablation_killed_in_training_and_in_measuring_resumes_to_the_same_fig
     whole, killed = (json.loads((folder / "ablation.json").read_text())["variants"]
                      for folder in (quick_ablation, work))  # fmt: skip
     assert killed == {name: whole[name] for name in ("base", "cfa")}
+
+
+def test_the_sided_world_adds_its_columns_and_the_residual_variant(tmp_path):
+    ablation = runpy.run_path(str(REPO / "bench/ablation.py"))
+    toy_sd = REPO / "viewdiff/assets/toy/sd"  # any toy SD runs it; make toy-sided makes the real
+    argv = ["--quick", "--work", str(tmp_path), "--world", "toy_sided", "--base", str(toy_sd),
+            "--variants", "full_residual"]  # fmt: skip
+    row = ablation["main"](argv)["variants"]["full_residual"]
+    assert {"backdrop_psnr", "mark_one_place", "consistency_psnr_se"} <= set(row)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "darker side in one place" in table and " ± " in table and "toy_sided world" in table
+    config = json.loads((tmp_path / "runs/full_residual/config.json").read_text())
+    assert config["model"]["projection_merge"] == "residual"
+    assert config["data"]["crop"] == "random_square"  # the sided world's config
+    with pytest.raises(SystemExit):  # a work folder of the other world is refused
+        ablation["main"](["--quick", "--work", str(tmp_path), "--variants", "base"])

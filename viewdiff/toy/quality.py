@@ -13,6 +13,7 @@ Colour and shape accuracy, on real renders and generated images alike, is
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -29,7 +30,9 @@ from viewdiff.inference.trajectory import Trajectory, orbit_trajectory
 from viewdiff.prior.load import MultiViewPrior
 from viewdiff.scene.fit import FitConfig, PosedViews, fit
 from viewdiff.scene.gaussians import GaussianScene
+from viewdiff.toy.backdrop_check import backdrop_consistency_psnr
 from viewdiff.toy.classify import foreground
+from viewdiff.toy.feature_check import fit_mark, one_place
 from viewdiff.toy.images import ToyImages
 
 # A short 3DGS fit for 64 px object views: view-independent colour (SH 0), so that views that
@@ -118,3 +121,34 @@ def consistency_psnr(
                  progress=False)  # fmt: skip
     assert result.test_psnr is not None  # fit scores the test views it was given
     return sum(result.test_psnr) / len(result.test_psnr)
+
+
+HELD_OUT_VIEWS = (3, 7)  # of 8 views on the orbit: what the consistency measures predict
+
+
+def consistency_scores(
+    images: Tensor, cameras: Trajectory, config: FitConfig, seed: int, world: str
+) -> dict[str, float]:
+    """3D consistency of 8 views (8, 3, H, W) in [0, 1]: Gaussians fitted to the object (its
+    backdrop masked out), and in the sided world the backdrop by ray direction and one 3D place
+    for the darker side."""
+    scores = {"object_psnr": consistency_psnr(images, cameras, HELD_OUT_VIEWS, config, seed)}
+    if world == "toy_sided":
+        scores["backdrop_psnr"] = backdrop_consistency_psnr(images, cameras, HELD_OUT_VIEWS)
+        mark = fit_mark(images, cameras.K, cameras.w2c)
+        scores["mark_agreement"] = mark.agreement
+        scores["mark_one_place"] = float(one_place(mark))
+    return scores
+
+
+def averaged(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each figure over objects, and its standard error as ``<figure>_se`` (the
+    measure's own noise); NaNs (a backdrop nowhere in reach) are left out."""
+    means = {}
+    for key in scores[0]:
+        values = [s[key] for s in scores if not math.isnan(s[key])]
+        mean = sum(values) / len(values) if values else float("nan")
+        spread = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0
+        means[key] = mean
+        means[f"{key}_se"] = math.sqrt(spread / len(values)) if values else float("nan")
+    return means
