@@ -327,9 +327,15 @@ def config_from_dict(values: Mapping[str, Any], source: str = "<dict>") -> Confi
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML preset at ``path`` (if any), then ``key.sub=value`` overrides."""
-    config = Config() if path is None else config_from_dict(read_yaml(path), source=str(path))
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), base: Config | None = None
+) -> Config:
+    """Defaults (or ``base``), then the YAML preset at ``path`` (if any, instead of ``base``),
+    then ``key.sub=value`` overrides."""
+    if path is not None:
+        config = config_from_dict(read_yaml(path), source=str(path))
+    else:
+        config = Config() if base is None else base
     values = config_to_dict(config)
     for override in overrides:
         apply_override(Config, values, override)

@@ -37,7 +37,7 @@ from viewdiff.commands.options import (
     resume_folder,
     view_count,
 )
-from viewdiff.config import SampleConfig, check_config, load_config
+from viewdiff.config import Config, SampleConfig, check_config, load_config, read_config_json
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.inputs import load_given_views, load_single_view, read_image
 from viewdiff.inference.outputs import output_folder
@@ -103,9 +103,9 @@ def add_sds_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_sds)
 
 
-def sds_settings(args: argparse.Namespace) -> SdsConfig:
-    """The sds config: defaults, the preset, ``sds.*`` overrides, then the flags (onto ``sds.*``
-    and ``sds.fit.*``)."""
+def sds_settings(args: argparse.Namespace, export_sds: SdsConfig | None = None) -> SdsConfig:
+    """The sds config: the export's own (``export_sds``; else the defaults), or the preset
+    instead, then ``sds.*`` overrides, then the flags (onto ``sds.*`` and ``sds.fit.*``)."""
     for override in args.overrides:
         if not override.startswith("sds."):
             raise ValueError(f"infer.py sds takes sds.* overrides only, got {override!r}")
@@ -122,7 +122,8 @@ def sds_settings(args: argparse.Namespace) -> SdsConfig:
         "learn_background": True if args.learn_background else None,
     }
     try:
-        loaded = load_config(args.config, args.overrides)
+        base = None if export_sds is None else Config(sds=export_sds)
+        loaded = load_config(args.config, args.overrides, base=base)
         fit = loaded.sds.fit
         if args.background is not None:
             fit = dataclasses.replace(fit, background=tuple(args.background))
@@ -135,6 +136,13 @@ def sds_settings(args: argparse.Namespace) -> SdsConfig:
     except ConfigError as error:
         raise ValueError(str(error)) from None
     return config
+
+
+def export_sds_settings(export: Path) -> SdsConfig | None:
+    """The SDS settings an export carries (its config.json's ``sds``, as its training config or
+    ``viewdiff.toy ship`` wrote them), or None for an export saved without them."""
+    values = json.loads((export / "config.json").read_text())
+    return read_config_json(export / "config.json").sds if "sds" in values else None
 
 
 def given_image(args: argparse.Namespace, size: int, sample: SampleConfig) -> ImageCondition | None:
@@ -189,7 +197,7 @@ def run_sds(args: argparse.Namespace) -> None:
     output_folder(args.out)
     lock_folder(args.out, "infer.py sds")  # one run per --out: it resumes from its checkpoint
     export = read_export(args.checkpoint, args.base)
-    config = sds_settings(args)
+    config = sds_settings(args, export_sds_settings(export.path))
     size = config.image_size or export.config.data.image_size
     image = given_image(args, size, export.config.sample)
     scene = None

@@ -19,6 +19,7 @@ from viewdiff.commands.options import (
     int_in,
     positive_int,
 )
+from viewdiff.config import load_config
 from viewdiff.data.raycast import render_object
 from viewdiff.data.synthetic import sequence_object
 from viewdiff.data.synthetic_cameras import hand_held_orbit, sample_intrinsics
@@ -30,7 +31,7 @@ from viewdiff.run_lock import lock_folder, released_locks
 from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW
 from viewdiff.toy.pretrain import PretrainConfig, pretrain
 from viewdiff.toy.quality import prior_views, toy_orbit
-from viewdiff.toy.ship import ship_toy
+from viewdiff.toy.ship import TOY_SDS_PRESET, ship_toy
 from viewdiff.toy.t2i_training import UNetTraining
 from viewdiff.toy.vae_training import VaeTraining
 from viewdiff.visualize import image_grid, to_pil
@@ -98,6 +99,12 @@ def add_ship_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", type=Path, required=True, help="pretrained SD folder (DIR/sd)")
     add_checkpoint_argument(parser, "train.py's RUN/model export")
     add_out_argument(parser, "(viewdiff/assets/toy)", default=TOY_ASSETS)
+    parser.add_argument(
+        "--sds-config",
+        type=Path,
+        default=TOY_SDS_PRESET,
+        help="SDS preset the shipped export carries (configs/sds_tiny.yaml)",
+    )
     parser.set_defaults(run=run_ship)
 
 
@@ -112,7 +119,8 @@ def run_ship(args: argparse.Namespace) -> int:
         if (args.checkpoint / BASE_MODEL_FILE).is_file()
         else None,
     }
-    size = ship_toy(args.base, args.checkpoint, args.out, provenance)
+    sds = load_config(args.sds_config).sds
+    size = ship_toy(args.base, args.checkpoint, args.out, provenance, sds)
     print(f"shipped the toy world to {args.out} ({size:.1f} MB)")
     return 0
 

@@ -6,13 +6,16 @@
 writes ``OUT/sd/`` (a Stable Diffusion folder) and ``OUT/multiview/`` (an inference export whose
 ``base_model.json`` points at ``../sd``, with the fingerprint of the fp16 copy and without the
 absolute path of the machine that shipped it, so it loads wherever the package is installed) and
-``OUT/provenance.json`` (what made them). Floating-point weights of the UNets and the VAE are
+``OUT/provenance.json`` (what made them). The export's config.json gets the SDS settings of
+``--sds-config`` (configs/sds_tiny.yaml), so ``infer.py sds`` on the shipped prior runs a few
+hundred steps, not the 10,000 of a GPU run. Floating-point weights of the UNets and the VAE are
 stored as fp16 (diffusers loads them back into fp32 models); the text encoder stays fp32, as
 transformers would otherwise load it in fp16. Only safetensors and JSON are written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from viewdiff.atomic_folder import atomic_folder
+from viewdiff.config import read_config_json, save_config
 from viewdiff.prior.base_record import (
     BASE_FROM_EXPORT_KEY,
     BASE_HASH_KEY,
@@ -29,8 +33,11 @@ from viewdiff.prior.base_record import (
     BASE_PATH_KEY,
     base_fingerprint,
 )
+from viewdiff.sds.config import SdsConfig
 
 SD, MULTIVIEW = "sd", "multiview"
+# What the shipped prior's SDS starts from: a few hundred steps on a CPU (infer.py sds).
+TOY_SDS_PRESET = Path(__file__).resolve().parents[1] / "configs" / "sds_tiny.yaml"
 # Weight files stored in fp16 where present, relative to their folder (a LoRA or new-layers
 # export has no unet/).
 HALF_PRECISION = {
@@ -57,8 +64,11 @@ def folder_megabytes(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
-    """Copy base and export into ``out`` (replacing what is there) in fp16; the size in MB."""
+def ship_toy(
+    base: Path, export: Path, out: Path, provenance: dict, sds: SdsConfig | None = None
+) -> float:
+    """Copy base and export into ``out`` (replacing what is there) in fp16, the export carrying
+    ``sds`` as its SDS settings (what ``infer.py sds`` starts from); the size in MB."""
     if not (base / "model_index.json").is_file():
         raise ValueError(f"--base {base}: no model_index.json (not a Stable Diffusion folder)")
     if not (export / BASE_MODEL_FILE).is_file():
@@ -86,6 +96,9 @@ def ship_toy(base: Path, export: Path, out: Path, provenance: dict) -> float:
             parts = base_model[BASE_HASH_KEY]["parts"]
             base_model[BASE_HASH_KEY]["sha256"] = base_fingerprint(staging / SD, parts)
         base_file.write_text(json.dumps(base_model, indent=2) + "\n")
+        if sds is not None:
+            config = read_config_json(staging / MULTIVIEW / "config.json")
+            save_config(dataclasses.replace(config, sds=sds), staging / MULTIVIEW / "config.json")
         (staging / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
         size = folder_megabytes(staging)
         if size > BUDGET_MB:
