@@ -165,12 +165,12 @@ def test_an_edit_scene_killed_twice_resumes_to_the_uninterrupted_scene(tmp_path)
 def test_an_invert_killed_inside_a_step_reruns_to_the_uninterrupted_files(generation, tmp_path):
     views = sorted(str(p) for p in generation.rglob("view_*.png"))
     invert = ["invert", "--checkpoint", str(TOY_MULTIVIEW), "--images", *views, "--cameras",
-              str(generation / "cameras.json"), "--prompt", "a red ball", "--steps", "30",
+              str(generation / "cameras.json"), "--prompt", "a red ball", "--steps", "16",
               "--device", "cpu"]  # fmt: skip
     finish(infer(*invert, "--out", str(tmp_path / "whole")))
     out, log = tmp_path / "killed", tmp_path / "killed.log"
     killed = infer(*invert, "--out", str(out), log=log)
-    kill_when(killed, lambda: progress(log, "invert") >= 10, "inversion step 10")
+    kill_when(killed, lambda: progress(log, "invert") >= 6, "inversion step 6")
     assert not (out / "inversion.json").exists()
     finish(infer(*invert, "--out", str(out)))  # the dead run's lock is taken over
     for name in ("inversion.safetensors", "inversion.json", "cameras.json", "reconstruction.json"):
