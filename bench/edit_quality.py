@@ -14,8 +14,9 @@ a pixel or two, and that ring alone costs ~10 dB at 64 px (the PSNR of all pixel
 is reported too), and, per object, the 3D agreement of the 4 edited views: Gaussians fitted to 3
 of them, PSNR on the fourth, each view held out in turn (``toy.quality.consistency_psnr``; the
 same for the original views is the reference). The exact reconstruction (source prompt, skip 0)
-is checked too. Figures go to WORK/edit_quality.json, the before/after picture to
-WORK/edit_quality.png.
+is checked too. ``--views-from direct`` edits views of a ball written directly as Gaussians and
+rendered flat (no light: views the toy renderer did not draw) instead. Figures go to
+WORK/edit_quality.json, the before/after picture to WORK/edit_quality.png.
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ from viewdiff.editing.inversion import generate, invert  # noqa: E402
 from viewdiff.inference.evaluate import view_psnr  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
 from viewdiff.prior.call import decode_latents, encode_images
+from viewdiff.prior.load import read_export  # noqa: E402
 from viewdiff.scene.fit import FitConfig  # noqa: E402
 from viewdiff.scene.losses import psnr  # noqa: E402
+from viewdiff.scene.render import render  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classify_colour, toy_words  # noqa: E402
+from viewdiff.toy.direct_scene import direct_ball  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
-from viewdiff.toy.quality import CONSISTENCY_FIT, consistency_psnr, make_toy_shards  # noqa: E402
+from viewdiff.toy.quality import (  # noqa: E402
+    CONSISTENCY_FIT,
+    consistency_psnr,
+    make_toy_shards,
+    toy_orbit,
+)
 from viewdiff.visualize import image_grid, to_pil  # noqa: E402
 
 VIEWS = 4
@@ -77,6 +86,40 @@ def edit_views(editing, images, cameras, source, target, args, seed) -> tuple[to
     return decode_latents(editing.vae, edited), float((back - x0).abs().max())
 
 
+# An object to edit: its name, caption, views (V, 3, H, W) in [-1, 1], masks (V, H, W), cameras,
+# and the seed of its edit.
+EditObject = tuple[str, str, torch.Tensor, torch.Tensor, Trajectory, int]
+
+
+def toy_views(args: argparse.Namespace, size: int, per_shape: int) -> list[EditObject]:
+    """Held-out toy objects (a fresh seed, each colour 4 times per shape) of the source's colour
+    and shape, VIEWS views each."""
+    shards = make_toy_shards(args.work / "heldout", per_shape, VIEWS, seed=13, image_size=size)
+    data = read_shard_images(shards, show_progress=False)
+    wanted, objects = (args.source, args.shape), []
+    for index in range(len(data.objects)):
+        views = data.views_of(index)
+        caption = data.captions[int(views[0])]
+        if toy_words(caption) == wanted:
+            objects.append((data.objects[index], caption, data.floats(views),
+                            data.masks[views, 0] > 127,
+                            Trajectory(data.K[views], data.w2c[views], (size, size)),
+                            index))  # fmt: skip
+    return objects
+
+
+def direct_views(colour: str, cameras: Trajectory) -> EditObject:
+    """A ball written directly as Gaussians (``viewdiff.toy.direct_scene``), rendered flat on the
+    prior's orbit before a grey backdrop: views the toy renderer did not draw."""
+    height, width = cameras.image_size_hw
+    with torch.no_grad():
+        renders = [render(direct_ball(colour), K, w2c, height, width, background=0.6)
+                   for K, w2c in zip(cameras.K, cameras.w2c, strict=True)]  # fmt: skip
+    images = torch.stack([r.rgb for r in renders]) * 2 - 1
+    masks = torch.stack([r.alpha[0] > 0.5 for r in renders])
+    return f"direct {colour} ball", f"a {colour} ball", images, masks, cameras, 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the edits and print the table."""
     parser = argparse.ArgumentParser(
@@ -94,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     # cfg 6 keeps it; below cfg ~5 the colour does not flip at all (see the README).
     parser.add_argument("--cfg-tar", type=nonnegative_float, default=6.0)
     parser.add_argument("--skip", type=nonnegative_int, default=70)
+    parser.add_argument(
+        "--views-from",
+        choices=("toy", "direct"),
+        default="toy",
+        help="toy renders, or a ball written directly as Gaussians and rendered flat",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (the test)")
     args = parser.parse_args(argv)
     fit_config, per_shape = CONSISTENCY_FIT, 24
@@ -103,20 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     editing = load_editing_model(args.checkpoint)
     size = editing.image_size
-    # Held-out toy objects: 24 per shape (each colour 4 times); keep the source's colour/shape.
-    shards = make_toy_shards(args.work / "heldout", per_shape, VIEWS, seed=13, image_size=size)
-    data = read_shard_images(shards, show_progress=False)
-    wanted = (args.source, args.shape)
-    first_captions = [data.captions[int(data.views_of(i)[0])] for i in range(len(data.objects))]
-    objects = [i for i, caption in enumerate(first_captions) if toy_words(caption) == wanted]
+    if args.views_from == "direct":
+        if args.shape != "ball":
+            parser.error("--views-from direct writes a ball: use --shape ball")
+        settings = read_export(args.checkpoint).config.sample
+        objects = [direct_views(args.source, toy_orbit(settings, VIEWS, size))]
+    else:
+        objects = toy_views(args, size, per_shape)[: args.objects]
     rows, pictures, started = [], [], time.perf_counter()
-    for index in objects[: args.objects]:
-        views = data.views_of(index)
-        caption = data.captions[int(views[0])]
+    for name, caption, images, masks, cameras, index in objects:
         target = caption.replace(args.source, args.target)
-        images = data.floats(views)  # (V, 3, H, W) in [-1, 1]
-        masks = data.masks[views, 0] > 127  # (V, H, W)
-        cameras = Trajectory(data.K[views], data.w2c[views], (size, size))
         joint, error = edit_views(editing, images, cameras, caption, target, args, seed=index)
         single = torch.cat([
             edit_views(editing, images[v : v + 1], cameras.subset([v]), caption, target, args,
@@ -124,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in range(VIEWS)
         ])  # fmt: skip
         original = (images + 1) / 2
-        result = {"object": data.objects[index], "caption": caption, "target": target,
+        result = {"object": name, "caption": caption, "target": target,
                   "max_latent_error": error}  # fmt: skip
         for name, edited in (("joint", joint), ("one_by_one", single)):
             unit = (edited.cpu() + 1) / 2

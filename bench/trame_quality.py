@@ -13,6 +13,8 @@ colour wanted, >= 90%), the PSNR outside the original object against the origina
 renders (>= 25 dB), and the edit's 3D consistency: the PSNR of the edited
 scene's renders against the final 2D pseudo ground truth at the edit views, and at held-out edit
 views (every fourth: edited in 2D, never used by the 3D updates) (``editing.metrics``).
+``--scene direct`` edits a red ball written directly as Gaussians instead (flat colour, no
+light, never rendered by the toy renderer: what a user brings, ``viewdiff.toy.direct_scene``).
 Figures go to WORK/trame_quality.json, the before/after picture to WORK/trame_quality.png.
 """
 
@@ -38,6 +40,7 @@ from viewdiff.scene.fit import FitConfig, PosedViews, fit  # noqa: E402
 from viewdiff.scene.gaussians import GaussianScene  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classify_colour, toy_words  # noqa: E402
+from viewdiff.toy.direct_scene import direct_ball  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
 from viewdiff.toy.quality import make_toy_shards, toy_orbit  # noqa: E402
 from viewdiff.trame.config import TrameConfig  # noqa: E402
@@ -82,13 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="ball")
     parser.add_argument("--views", type=positive_int, default=16, help="edit views on the orbit")
     parser.add_argument("--variants", default="full,no_tas,no_vcac,ddpm")
+    parser.add_argument(
+        "--scene",
+        choices=("fitted", "direct"),
+        default="fitted",
+        help="fitted to toy renders, or a ball written directly as Gaussians (flat colour)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (the test)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     editing = load_editing_model(args.checkpoint)
     settings = read_export(args.checkpoint).config.sample
     size = editing.image_size
-    scene = toy_scene(args.work, args.source, args.shape, size, args.quick)
+    if args.scene == "direct":  # what a user brings: no toy renders, no fit, no shading
+        if args.shape != "ball":
+            parser.error("--scene direct writes a ball: use --shape ball")
+        scene = direct_ball(args.source)
+    else:
+        scene = toy_scene(args.work, args.source, args.shape, size, args.quick)
     cameras = toy_orbit(settings, args.views, size)
     orbit = toy_orbit(settings, ORBIT, size)
     source = f"a {args.source} {args.shape}"
@@ -126,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                "config": str(base), "minutes": minutes}  # fmt: skip
     (args.work / "trame_quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     image_grid(pictures, max(1, args.views // 2)).save(args.work / "trame_quality.png")
-    print(f"{source} -> {target}, {args.views} edit views, {ORBIT}-view orbit ({minutes:.1f} min)")
+    print(f"{source} -> {target} ({args.scene} scene), {args.views} edit views, {ORBIT}-view "
+          f"orbit ({minutes:.1f} min)")  # fmt: skip
     print("| variant | target colour | PSNR outside the object | 3D consistency | held-out views "
           "| minutes |")  # fmt: skip
     print("|---|---|---|---|---|---|")

@@ -131,3 +131,20 @@ def test_projection_floor_does_the_matrix_products_of_ours():
             assert floor_run() > 0
         ratio = floor.get_total_flops() / ours.get_total_flops()
         assert 0.98 < ratio < 1.0, (background, ratio)
+
+
+def test_trame_quality_edits_a_ball_written_directly_as_gaussians(tmp_path, capsys):
+    main = runpy.run_path("bench/trame_quality.py")["main"]
+    argv = ["--quick", "--work", str(tmp_path), "--views", "4", "--variants", "full"]
+    assert main([*argv, "--scene", "direct"]) == 0
+    assert "(direct scene)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # it writes balls only
+        main([*argv, "--scene", "direct", "--shape", "box"])
+
+
+def test_edit_quality_edits_views_of_a_ball_written_directly_as_gaussians(tmp_path):
+    main = runpy.run_path("bench/edit_quality.py")["main"]
+    assert main(["--quick", "--work", str(tmp_path), "--views-from", "direct"]) == 0
+    (result,) = json.loads((tmp_path / "edit_quality.json").read_text())["objects"]
+    assert result["object"] == "direct red ball" and result["target"] == "a blue ball"
+    assert 0 <= result["joint"]["colour_right"] <= 1
