@@ -48,6 +48,7 @@ from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classify_colour, toy_words  # noqa: E402
 from viewdiff.toy.direct_scene import direct_ball  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
+from viewdiff.toy.masks import dilate  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
     consistency_psnr,
@@ -58,13 +59,6 @@ from viewdiff.visualize import image_grid, to_pil  # noqa: E402
 
 VIEWS = 4
 MARGIN = 4  # pixels around the object mask left out of the background PSNR
-
-
-def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Bool masks (V, H, W) grown by ``pixels`` in every direction."""
-    size = 2 * pixels + 1
-    grown = torch.nn.functional.max_pool2d(masks[:, None].float(), size, stride=1, padding=pixels)
-    return grown[:, 0] > 0
 
 
 def agreement(images: torch.Tensor, cameras: Trajectory, config: FitConfig) -> float:

@@ -6,7 +6,8 @@ import torch
 from viewdiff.inference.trajectory import orbit_trajectory
 from viewdiff.scene.render import render
 from viewdiff.toy.classify import classify_colour, rgb_to_hsv
-from viewdiff.toy.direct_scene import direct_ball, fibonacci_points
+from viewdiff.toy.direct_scene import direct_ball
+from viewdiff.toy.sphere_points import fibonacci_sphere
 
 
 @pytest.mark.parametrize("colour", ["red", "blue"])
@@ -23,8 +24,8 @@ def test_a_direct_ball_renders_as_a_flat_disc_of_its_colour(colour):
     assert scene.num_gaussians == 3000 and scene.sh_degree == 0
 
 
-def test_fibonacci_points_cover_the_sphere_and_unknown_colours_are_refused():
-    points = fibonacci_points(500)
+def test_sphere_points_cover_the_sphere_and_unknown_colours_are_refused():
+    points = fibonacci_sphere(500).double()
     assert torch.allclose(points.norm(dim=1), torch.ones(500, dtype=torch.float64))
     assert points.mean(0).abs().max() < 0.01  # evenly spread
     with pytest.raises(ValueError, match="unknown toy colour"):

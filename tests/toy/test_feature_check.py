@@ -10,13 +10,8 @@ import torch.nn.functional as F
 from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.data.raycast import SyntheticObject, render_object
 from viewdiff.data.synthetic import sequence_object
-from viewdiff.toy.feature_check import (
-    MarkFit,
-    fibonacci_sphere,
-    fit_mark,
-    mark_pixels,
-    one_place,
-)
+from viewdiff.toy.feature_check import MarkFit, fit_mark, mark_pixels, one_place
+from viewdiff.toy.sphere_points import fibonacci_sphere
 
 SIZE, VIEWS = 64, 8
 K = intrinsics_from_fov(45.0, SIZE, SIZE).expand(VIEWS, 3, 3)  # (V, 3, 3)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from viewdiff.config import Config, DataConfig, TrainConfig, load_config
 from viewdiff.diffusion import noise_scheduler
 from viewdiff.model import MultiViewUNet
-from viewdiff.prior.load import load_export
+from viewdiff.prior.load import load_export, read_export
 from viewdiff.toy import ship
 from viewdiff.toy.ship import TOY_SDS_PRESET, ship_toy
 from viewdiff.training.export import export_model
@@ -94,18 +94,18 @@ def test_the_shipped_export_carries_its_sds_settings_and_sds_starts_from_them(tm
     out = tmp_path / "toy"
     sds = load_config(TOY_SDS_PRESET).sds
     ship_toy(TOY_ASSETS / "sd", TOY_ASSETS / "multiview", out, {}, sds)
-    carried = export_sds_settings(out / "multiview")
+    carried = export_sds_settings(read_export(out / "multiview"))
     assert carried == sds and carried.steps == 500  # configs/sds_tiny.yaml's
 
     def settings(*argv: str):
         args = build_parser().parse_args(["sds", "--checkpoint", str(out / "multiview"),
                                           "--prompt", "a red ball", "--out", str(tmp_path / "o"),
                                           *argv])  # fmt: skip
-        return sds_settings(args, export_sds_settings(args.checkpoint))
+        return sds_settings(args, export_sds_settings(read_export(args.checkpoint)))
 
     assert settings() == sds  # what the export carries, with no preset named
     assert settings("sds.steps=7").steps == 7 and settings("--steps", "9").steps == 9
     preset = settings("--config", str(TOY_SDS_PRESET.parent / "sds_sd21.yaml"))
     assert preset == load_config(TOY_SDS_PRESET.parent / "sds_sd21.yaml").sds  # a preset instead
     # An export saved without SDS settings (the one shipped before them): the defaults.
-    assert export_sds_settings(TOY_ASSETS / "multiview") is None
+    assert export_sds_settings(read_export(TOY_ASSETS / "multiview")) is None

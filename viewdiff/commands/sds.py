@@ -37,7 +37,7 @@ from viewdiff.commands.options import (
     resume_folder,
     view_count,
 )
-from viewdiff.config import Config, SampleConfig, check_config, load_config, read_config_json
+from viewdiff.config import Config, SampleConfig, check_config, load_config
 from viewdiff.inference.autoregressive import generate_views
 from viewdiff.inference.inputs import load_given_views, load_single_view, read_image
 from viewdiff.inference.outputs import output_folder
@@ -138,11 +138,11 @@ def sds_settings(args: argparse.Namespace, export_sds: SdsConfig | None = None) 
     return config
 
 
-def export_sds_settings(export: Path) -> SdsConfig | None:
+def export_sds_settings(export: ExportInfo) -> SdsConfig | None:
     """The SDS settings an export carries (its config.json's ``sds``, as its training config or
     ``viewdiff.toy ship`` wrote them), or None for an export saved without them."""
-    values = json.loads((export / "config.json").read_text())
-    return read_config_json(export / "config.json").sds if "sds" in values else None
+    saved = json.loads((export.path / "config.json").read_text())  # was an sds section written?
+    return export.config.sds if "sds" in saved else None
 
 
 def given_image(args: argparse.Namespace, size: int, sample: SampleConfig) -> ImageCondition | None:
@@ -197,7 +197,7 @@ def run_sds(args: argparse.Namespace) -> None:
     output_folder(args.out)
     lock_folder(args.out, "infer.py sds")  # one run per --out: it resumes from its checkpoint
     export = read_export(args.checkpoint, args.base)
-    config = sds_settings(args, export_sds_settings(export.path))
+    config = sds_settings(args, export_sds_settings(export))
     size = config.image_size or export.config.data.image_size
     image = given_image(args, size, export.config.sample)
     scene = None

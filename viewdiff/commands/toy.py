@@ -30,13 +30,13 @@ from viewdiff.prior.load import load_export
 from viewdiff.run_lock import lock_folder, released_locks
 from viewdiff.toy.assets import TOY_ASSETS, TOY_MULTIVIEW
 from viewdiff.toy.pretrain import PretrainConfig, pretrain
-from viewdiff.toy.quality import prior_views, toy_orbit
+from viewdiff.toy.quality import TOY_CROPS, prior_views, toy_orbit
 from viewdiff.toy.ship import TOY_SDS_PRESET, ship_toy
 from viewdiff.toy.t2i_training import UNetTraining
 from viewdiff.toy.vae_training import VaeTraining
 from viewdiff.visualize import image_grid, to_pil
 
-TOY_STYLES = ("toy", "toy_sided")
+TOY_STYLES = tuple(TOY_CROPS)  # the toy worlds: "toy" (plain), "toy_sided"
 PICTURE_PROMPTS = ["a red ball", "a blue box", "a green can", "an orange box", "a purple can"]
 
 

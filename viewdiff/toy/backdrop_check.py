@@ -14,29 +14,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from viewdiff.cameras.conventions import pixel_rays
 from viewdiff.inference.trajectory import Trajectory
 from viewdiff.toy.classify import foreground
+from viewdiff.toy.masks import dilate
 
 NEAREST = 4  # environment samples averaged per prediction
 MAX_ANGLE_DEG = 2.0  # a held-out ray with no sample this close is not predicted
 
 
 def backdrop_consistency_psnr(
-    images: Tensor, cameras: Trajectory, held_out: Sequence[int], dilate: int = 2
+    images: Tensor, cameras: Trajectory, held_out: Sequence[int], grow: int = 2
 ) -> float:
     """PSNR (dB) of the ``held_out`` views' backdrop, predicted by ray direction from the others.
 
-    ``images`` (V, 3, H, W) in [0, 1] at ``cameras``; the object's mask is grown by ``dilate``
+    ``images`` (V, 3, H, W) in [0, 1] at ``cameras``; the object's mask is grown by ``grow``
     pixels so that its edges (and their VAE halo) do not count as backdrop. NaN when no
     held-out backdrop pixel has a sample within ``MAX_ANGLE_DEG``.
     """
     views, _, height, width = images.shape
     _, directions = pixel_rays(cameras.K.double(), cameras.w2c.double(), height, width)
-    backdrop = ~_dilated(foreground(images), dilate)  # (V, H, W)
+    backdrop = ~dilate(foreground(images), grow)  # (V, H, W)
     colours = images.permute(0, 2, 3, 1)  # (V, H, W, 3)
     kept = [v for v in range(views) if v not in held_out]
     samples = directions[kept][backdrop[kept]].float()  # (S, 3) unit rays
@@ -59,12 +59,3 @@ def backdrop_consistency_psnr(
         return float("nan")
     mse = max(errors / count, 1e-10)
     return 10.0 * math.log10(1.0 / mse)
-
-
-def _dilated(masks: Tensor, pixels: int) -> Tensor:
-    """Boolean masks (V, H, W) grown by ``pixels`` in every direction."""
-    if pixels <= 0:
-        return masks
-    size = 2 * pixels + 1
-    grown = torch.nn.functional.max_pool2d(masks[:, None].float(), size, stride=1, padding=pixels)
-    return grown[:, 0] > 0

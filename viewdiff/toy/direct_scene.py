@@ -10,21 +10,12 @@ toy renders the prior was trained on.
 from __future__ import annotations
 
 import colorsys
-import math
 
 import torch
 
 from viewdiff.data.toy_objects import TOY_COLOURS
 from viewdiff.scene.gaussians import GaussianScene
-
-
-def fibonacci_points(count: int) -> torch.Tensor:
-    """``count`` nearly evenly spread unit vectors (count, 3)."""
-    index = torch.arange(count, dtype=torch.float64) + 0.5
-    z = 1.0 - 2.0 * index / count
-    azimuth = math.pi * (1.0 + math.sqrt(5.0)) * index
-    ring = torch.sqrt(1.0 - z**2)
-    return torch.stack([ring * torch.cos(azimuth), ring * torch.sin(azimuth), z], dim=1)
+from viewdiff.toy.sphere_points import fibonacci_sphere
 
 
 def direct_ball(colour: str, radius: float = 0.8, count: int = 3000) -> GaussianScene:
@@ -33,6 +24,6 @@ def direct_ball(colour: str, radius: float = 0.8, count: int = 3000) -> Gaussian
     if colour not in TOY_COLOURS:
         raise ValueError(f"unknown toy colour {colour!r}; expected one of {tuple(TOY_COLOURS)}")
     rgb = torch.tensor(colorsys.hsv_to_rgb(TOY_COLOURS[colour], 0.85, 0.9), dtype=torch.float64)
-    points = radius * fibonacci_points(count)
+    points = radius * fibonacci_sphere(count).double()
     scene = GaussianScene.from_points(points, rgb.expand(count, 3).clone(), 0, opacity=0.95)
     return scene.to(dtype=torch.float32)

@@ -22,11 +22,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from viewdiff.cameras.conventions import camera_centers, project
 from viewdiff.toy.classify import foreground, rgb_to_hsv
+from viewdiff.toy.masks import dilate, erode
+from viewdiff.toy.sphere_points import fibonacci_sphere
 
 # Mark value / lit value (the object's 95th percentile of value). On renders (64 and 32 px, orbits
 # at 20-40 degrees) the mark's pixels are <= 0.40 of it, every other object pixel >= 0.58.
@@ -56,20 +57,10 @@ class MarkFit:
     agrees: list[bool]  # per view: does that agree with ``direction``
 
 
-def _dilate(masks: Tensor) -> Tensor:
-    """Masks (V, H, W) bool grown by one pixel (3 x 3)."""
-    return F.max_pool2d(masks[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
-
-
-def _erode(masks: Tensor) -> Tensor:
-    """Masks (V, H, W) bool shrunk by one pixel (3 x 3)."""
-    return ~_dilate(~masks)
-
-
 def object_pixels(images: Tensor) -> Tensor:
     """The object (V, H, W) bool of images (V, 3, H, W) in [0, 1]: the saturated pixels, less
     specks narrower than 3 pixels (noise in a dark backdrop can be saturated)."""
-    return _dilate(_erode(foreground(images)))
+    return dilate(erode(foreground(images)))
 
 
 def mark_pixels(images: Tensor) -> Tensor:
@@ -77,19 +68,10 @@ def mark_pixels(images: Tensor) -> Tensor:
     _, _, value = rgb_to_hsv(images)
     # Inside the object only: a soft edge blends the object with a darker backdrop into pixels
     # that are saturated and dark, like the mark.
-    inner = _erode(foreground(images))
+    inner = erode(foreground(images))
     object_values = torch.where(inner, value, torch.full_like(value, math.nan)).flatten(1)
     lit = torch.nanquantile(object_values, LIT_QUANTILE, dim=1)  # (V,), NaN without an object
     return inner & (value < MARK_RATIO * lit[:, None, None])
-
-
-def fibonacci_sphere(n: int, device: torch.device | str = "cpu") -> Tensor:
-    """``n`` nearly evenly spread unit vectors (n, 3) on the golden-angle spiral."""
-    index = torch.arange(n, dtype=torch.float32, device=device) + 0.5
-    z = 1.0 - 2.0 * index / n
-    azimuth = math.pi * (3.0 - math.sqrt(5.0)) * index
-    ring = (1.0 - z**2).sqrt()
-    return torch.stack([ring * azimuth.cos(), ring * azimuth.sin(), z], dim=-1)
 
 
 def _observe(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
