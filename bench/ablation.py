@@ -28,7 +28,10 @@ and measures each on toy objects made with seeds the training data does not use:
 - novel views from one view: 1 true view given, 3 generated at their true cameras, PSNR/SSIM
   against the truth (``infer.py eval``'s ``evaluate_heldout``; base ignores the given view);
 - text accuracy: colour and shape of 4 joint views of every toy prompt (classifier fitted on
-  real renders).
+  real renders);
+- how much the prior reads the other views (``viewdiff.toy.view_reliance``, t = 500, 24
+  held-out objects): ``gain``, a held-out view predicted from its object's other views against
+  alone, and ``contrast``, against another object's views, in dB with their standard errors.
 
 Writes WORK/ablation.json (figures per variant, steps, minutes, and how far the projection
 layers' zero-initialised output has grown), WORK/ablation.md (the table) and WORK/ablation.png
@@ -81,6 +84,7 @@ from viewdiff.toy.quality import (  # noqa: E402
     unit,
 )
 from viewdiff.toy.t2i_training import generate  # noqa: E402
+from viewdiff.toy.view_reliance import view_reliance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_SD = TOY_MULTIVIEW.parent / "sd"
@@ -203,6 +207,7 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
     chosen = [prompts[(i * 7) % len(prompts)] for i in range(args.consistency_objects)]
     orbit4, orbit8 = (toy_orbit(tools.settings, n, 64) for n in (4, 8))
     per_view = [p for p in prompts for _ in range(4)]
+    reliance = {}  # base: one view at a time, it reads no other view
     if name == "base":
         pipe = tools.base_pipe
         text = generate(pipe, per_view, seed=2000)
@@ -224,6 +229,8 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         results = evaluate_heldout(prior, tools.heldout, 1, settings, work / "eval" / name,
                                    args.novel_objects)  # fmt: skip
         novel = summarize(results)
+        (reading,) = view_reliance(prior, list(heldout_objects(tools.heldout, 0, 24)), (500,), 2)
+        reliance = {f"reliance_{n}": v for n, v in reading.summary().items() if n in RATIO_KEYS}
     consistency = averaged([consistency_scores(views, orbit8, tools.fit, i, args.world)
                             for i, views in enumerate(objects)])  # fmt: skip
     accuracy = classifier_accuracy(tools.classifier, text, per_view)
@@ -236,6 +243,7 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         "novel_ssim": novel["ssim"],
         "colour": accuracy["colour"],
         "shape": accuracy["shape"],
+        **reliance,  # how much it reads the other views (dB, with _se)
     }
 
 
@@ -259,18 +267,25 @@ def projection_output_weight(model: Path) -> float | None:
 COLUMNS = [("consistency_psnr", "3D consistency PSNR (dB)", "{:.2f}"),
            ("novel_psnr", "novel view PSNR (dB)", "{:.2f}"), ("novel_ssim", "SSIM", "{:.3f}"),
            ("colour", "colour acc.", "{:.0%}"), ("shape", "shape acc.", "{:.0%}")]  # fmt: skip
+RATIO_KEYS = {f"{name}{end}" for name in ("gain", "contrast") for end in ("", "_se")}
+RELIANCE_COLUMNS = [("reliance_gain", "reads other views: gain at t=500 (dB)", "{:.2f}"),
+                    ("reliance_contrast", "own vs other's views (dB)", "{:.2f}")]  # fmt: skip
 SIDED_COLUMNS = [("backdrop_psnr", "backdrop consistency (dB)", "{:.2f}"),
                  ("mark_one_place", "darker side in one place", "{:.0%}")]  # fmt: skip
 
 
 def columns(figures: dict) -> list[tuple[str, str, str]]:
-    """The table's columns: the sided world's two more when measured."""
+    """The table's columns: the sided world's two more when measured, the reliance's where any
+    variant has them (base has none)."""
     rows = figures["variants"].values()
-    return COLUMNS + [c for c in SIDED_COLUMNS if all(c[0] in row for row in rows)]
+    sided = [c for c in SIDED_COLUMNS if all(c[0] in row for row in rows)]
+    return COLUMNS + sided + [c for c in RELIANCE_COLUMNS if any(c[0] in row for row in rows)]
 
 
 def cell(row: dict, key: str, form: str) -> str:
-    """A figure, with its standard error when the measure has one."""
+    """A figure, with its standard error when the measure has one ("-" where not measured)."""
+    if key not in row:
+        return "-"
     text = form.format(row[key])
     return text + " ± " + form.format(row[f"{key}_se"]) if f"{key}_se" in row else text
 
@@ -307,12 +322,16 @@ def bar_chart(figures: dict, path: Path) -> None:
     image = Image.new("RGB", (panel_w * len(shown), panel_h + 24 * len(names) + 20), "white")
     draw = ImageDraw.Draw(image)
     for p, (key, title, fmt) in enumerate(shown):
-        values = [figures["variants"][n][key] for n in names]
+        measured = {n: figures["variants"][n][key] for n in names if key in figures["variants"][n]}
+        values = list(measured.values())
         low = min(0.0, *values) if "psnr" not in key else min(values) - 1.0
         high = max(values) + (1e-9 if max(values) > low else 1.0)
         x0 = p * panel_w + 15
         draw.text((x0, 8), title, fill="black")
-        for i, value in enumerate(values):
+        for i, name in enumerate(names):
+            if name not in measured:  # not measured for this variant (base reads no other view)
+                continue
+            value = measured[name]
             height = (value - low) / (high - low) * (panel_h - 70)
             left = x0 + 10 + i * (bar_w + 8)
             draw.rectangle([left, panel_h - 20 - height, left + bar_w, panel_h - 20],

@@ -21,6 +21,9 @@
    view sets).
 5. Image-conditional novel views (``infer.py eval``: 1 true view given, 3 generated at their
    true cameras) on held-out objects, next to copying the given view into every other view.
+6. How much the prior reads the other views (``viewdiff.toy.view_reliance``): a held-out view
+   noised to t = 250 / 500 / 750 and predicted from its object's other views, from another
+   object's, jointly noised, and alone; the gaps in dB of the x_0 error, +- standard error.
 
 Everything runs on the CPU in a few minutes; held-out objects are made here with seeds that the
 training data (seed 0) does not use. Figures go to WORK/quality.json, pictures to WORK/.
@@ -63,6 +66,7 @@ from viewdiff.toy.quality import (  # noqa: E402
 )
 from viewdiff.toy.t2i_training import generate  # noqa: E402
 from viewdiff.toy.vae_training import reconstruct, reconstruction_psnr  # noqa: E402
+from viewdiff.toy.view_reliance import RATIOS, view_reliance  # noqa: E402
 from viewdiff.visualize import image_grid, to_pil  # noqa: E402
 
 
@@ -85,13 +89,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--fit-iterations", type=positive_int, default=CONSISTENCY_FIT.iterations)
     parser.add_argument(
+        "--reliance-objects", type=positive_int, default=24, help="held-out objects (reliance)"
+    )
+    parser.add_argument(
         "--world", choices=tuple(TOY_CROPS), default="toy", help="the toy world the prior knows"
     )
     parser.add_argument("--quick", action="store_true", help="fewer of everything (a smoke run)")
     args = parser.parse_args(argv)
     args.reference_objects, args.heldout_objects = 40, 20  # per shape
+    args.reliance_draws = 4  # noise draws per object and timestep
     if args.quick:
         args.samples_per_prompt, args.consistency_prompts, args.eval_objects = 1, 1, 4
+        args.reliance_objects, args.reliance_draws = 4, 1
         args.calibration_objects = 1
         args.fit_iterations = 100
         args.reference_objects, args.heldout_objects = 8, 7  # 7: two objects share a caption
@@ -186,6 +195,13 @@ def main(argv: list[str] | None = None) -> dict:
         name: sum(sum(c[name]) / len(c[name]) for c in copies) / len(copies)
         for name in ("psnr", "psnr_masked", "ssim")
     }
+
+    # 6. How much the prior reads the other views.
+    objects = list(heldout_objects(data, 0, args.reliance_objects))
+    figures["reliance"] = {
+        str(r.timestep): r.summary()
+        for r in view_reliance(prior, objects, draws=args.reliance_draws)
+    }
     figures["minutes"] = (time.perf_counter() - started) / 60.0
     print_table(figures)
     (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
@@ -250,6 +266,10 @@ def print_table(f: dict) -> None:
             ("darker side, views agreeing: joint / one by one",
              f"{joint['mark_agreement']:.0%} / {single['mark_agreement']:.0%}", ""),
         ]  # fmt: skip
+    for t, r in f["reliance"].items():
+        rows.append((f"reads the other views at t={t}: gain / joint gain / contrast",
+                     " / ".join(f"{r[n]:.2f}+-{r[n + '_se']:.2f}" for n in RATIOS) + " dB",
+                     "> 0 dB"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':{width}s}  {'value':>24s}  target")
     for name, value, target in rows:

@@ -37,6 +37,9 @@ def test_quick_ablation_writes_a_row_per_variant(quick_ablation):
     # Its projection layers' zero-initialised output has left zero; cfa has none to report.
     assert figures["variants"]["full"]["projection_output_weight"] > 0
     assert "projection_output_weight" not in figures["variants"]["cfa"]
+    # How much each variant reads the other views; base, one view at a time, reads none.
+    assert {"reliance_gain", "reliance_gain_se"} <= set(figures["variants"]["full"])
+    assert "reliance_gain" not in figures["variants"]["base"]
     table = (tmp_path / "ablation.md").read_text()
     assert all(f"`{name}`" in table for name in variants)
     assert Image.open(tmp_path / "ablation.png").size[0] > 500
