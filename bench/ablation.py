@@ -31,7 +31,9 @@ and measures each on toy objects made with seeds the training data does not use:
   real renders);
 - how much the prior reads the other views (``viewdiff.toy.view_reliance``, t = 500, 24
   held-out objects): ``gain``, a held-out view predicted from its object's other views against
-  alone, and ``contrast``, against another object's views, in dB with their standard errors.
+  alone, ``contrast``, against another object's views, and ``pose_use``, against its own views
+  given with shuffled cameras (how much it uses where they were seen from), in dB with their
+  standard errors.
 
 Writes WORK/ablation.json (figures per variant, steps, minutes, and how far the projection
 layers' zero-initialised output has grown), WORK/ablation.md (the table) and WORK/ablation.png
@@ -267,9 +269,10 @@ def projection_output_weight(model: Path) -> float | None:
 COLUMNS = [("consistency_psnr", "3D consistency PSNR (dB)", "{:.2f}"),
            ("novel_psnr", "novel view PSNR (dB)", "{:.2f}"), ("novel_ssim", "SSIM", "{:.3f}"),
            ("colour", "colour acc.", "{:.0%}"), ("shape", "shape acc.", "{:.0%}")]  # fmt: skip
-RATIO_KEYS = {f"{name}{end}" for name in ("gain", "contrast") for end in ("", "_se")}
+RATIO_KEYS = {f"{n}{end}" for n in ("gain", "contrast", "pose_use") for end in ("", "_se")}
 RELIANCE_COLUMNS = [("reliance_gain", "reads other views: gain at t=500 (dB)", "{:.2f}"),
-                    ("reliance_contrast", "own vs other's views (dB)", "{:.2f}")]  # fmt: skip
+                    ("reliance_contrast", "own vs other's views (dB)", "{:.2f}"),
+                    ("reliance_pose_use", "true vs shuffled cameras (dB)", "{:.2f}")]  # fmt: skip
 SIDED_COLUMNS = [("backdrop_psnr", "backdrop consistency (dB)", "{:.2f}"),
                  ("mark_one_place", "darker side in one place", "{:.0%}")]  # fmt: skip
 

@@ -85,6 +85,11 @@ class ModelConfig:
     (test.py:581): the paper trains with 1.0. Configs saved before the default was 1.0 trained
     without noise unless they said so (``LEGACY_DEFAULTS``)."""
 
+    opacity_init_bias: float = -5.0
+    """Initial bias of the volume renderer's density head (before its softplus): the reference's
+    -5 (fastplane_module.py:56, :96; layer.py never sets it) starts the grid almost transparent,
+    softplus(-5) ~ 0.007. Only a newly built model reads it; trained weights replace it."""
+
     voxel_unet: Literal["reference", "compact"] = "reference"
     """The projection layer's 3D UNet. ``reference``: the reference's UNet3D (layer.py:74-88,
     custom_unet_3d.py), two levels of [C, 2C] channels whose up blocks have layers_per_block + 1
@@ -136,7 +141,8 @@ class ModelConfig:
         if self.pose_lora and self.pose_lora_rank < 1:
             raise ConfigError(f"model.pose_lora_rank must be at least 1, got {self.pose_lora_rank}")
         check_ranges(self, "model.", {"pose_timestep_dim": ">= 0", "base_lora_rank": "at least 1",
-                                      "density_noise": "finite and >= 0"})  # fmt: skip
+                                      "density_noise": "finite and >= 0",
+                                      "opacity_init_bias": "finite"})  # fmt: skip
         if self.attention_backend not in ("sdpa", "xformers"):
             raise ConfigError(f"model.attention_backend: unknown {self.attention_backend!r}")
         if not self.projection_layers:

@@ -48,6 +48,7 @@ REFERENCE_SETTINGS: dict[tuple[str, str], tuple[Any, str]] = {
     ("model", "projection_background"): (True, "train.sh:41-42 vol_rend_model_background"),
     ("model", "disparity_at_infinity"): (0.5, "model/util.py:139 vol_rend_disparity_at_inf"),
     ("model", "density_noise"): (1.0, "train.py:252 inject_noise_sigma 1.0 per epoch"),
+    ("model", "opacity_init_bias"): (-5.0, "fastplane_module.py:56,96 opacity_init_bias"),
     ("model", "voxel_unet"): ("reference", "train.sh:33 num_3d_layers 5 (layer.py:74-88)"),
     ("model", "ray_directions"): ("unnormalised", "layer.py:330 linear_ray(rays)"),
     ("data", "categories"): (["teddybear"], "train.sh:48 category $4 (one model each)"),

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
-from viewdiff.config import ModelConfig
+from viewdiff.config import ConfigError, ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.model.projection import ProjectionLayer
 from viewdiff.model.volume_render import OPACITY_INIT_BIAS, VolumeRenderer
@@ -100,3 +100,16 @@ def test_ray_directions_reach_every_renderer_and_bad_values_are_refused():
     assert ProjectionLayer(12, 8, 8, 8, True, 16).renderer.ray_directions == "unnormalised"
     with pytest.raises(ValueError, match="model.ray_directions must be"):
         VolumeRenderer(8, 4, True, ray_directions="unit")  # type: ignore[arg-type]
+
+
+def test_the_opacity_init_bias_reaches_every_new_renderer_and_must_be_finite():
+    unet = build_unet(unet_config("tiny"), seed=0)
+    config = ModelConfig(pretrained_model="tiny", projection_channels=8, voxel_grid_size=8,
+                         opacity_init_bias=-1.0)  # fmt: skip
+    model = MultiViewUNet(copy.deepcopy(unet), config)
+    biases = {layer.renderer.density.bias.item() for layer in model.projection_layers.values()}
+    assert len(model.projection_layers) > 0 and biases == {-1.0}
+    with pytest.raises(ValueError, match="model.opacity_init_bias must be finite"):
+        VolumeRenderer(8, 4, True, opacity_init_bias=math.nan)
+    with pytest.raises(ConfigError, match="model.opacity_init_bias must be finite"):
+        ModelConfig(pretrained_model="tiny", opacity_init_bias=math.inf).check()

@@ -27,12 +27,13 @@ def test_the_shipped_prior_reads_its_objects_views(toy_heldout_shards: Path):
 
 
 def test_ratios_are_per_object_and_carry_their_standard_error():
-    errors = {"own": [1.0, 1.0], "other": [10.0, 100.0], "joint": [1.0, 1.0],
-              "alone": [1.0, 1.0], "copy": [2.0, 2.0]}  # fmt: skip
+    errors = {"own": [1.0, 1.0], "other": [10.0, 100.0], "shuffled": [1.0, 1.0],
+              "joint": [1.0, 1.0], "alone": [1.0, 1.0], "copy": [2.0, 2.0]}  # fmt: skip
     result = Reliance(250, errors)
     assert result.ratio_db("contrast")[0] == pytest.approx(15.0)
     assert result.ratio_db("contrast")[1] == pytest.approx(5.0)  # std 7.07 / sqrt(2)
     assert result.summary()["gain"] == 0.0 and result.summary()["copy"] == 2.0
+    assert result.summary()["pose_use"] == 0.0 and result.summary()["pose_use_se"] == 0.0
     assert math.isnan(Reliance(250, {k: v[:1] for k, v in errors.items()}).ratio_db("gain")[1])
 
 

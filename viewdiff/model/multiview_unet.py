@@ -212,6 +212,7 @@ class MultiViewUNet(nn.Module):
             merge=config.projection_merge,
             projection_in=config.projection_in,
             projection_out=config.projection_out,
+            opacity_init_bias=config.opacity_init_bias,
         )
 
     def _project(self, key: str, features: Tensor, condition: MultiViewCondition) -> Tensor:

@@ -40,7 +40,12 @@ from torch import Tensor, nn
 
 from viewdiff.cameras.conventions import resize_intrinsics
 from viewdiff.model.aggregate import IBRNetAggregator
-from viewdiff.model.volume_render import DISPARITY_AT_INFINITY, RayDirections, VolumeRenderer
+from viewdiff.model.volume_render import (
+    DISPARITY_AT_INFINITY,
+    OPACITY_INIT_BIAS,
+    RayDirections,
+    VolumeRenderer,
+)
 from viewdiff.model.voxel_grid import unproject, usable_voxels
 from viewdiff.model.voxel_unet import group_count, make_voxel_unet
 
@@ -139,6 +144,7 @@ class ProjectionLayer(nn.Module):
         merge: ProjectionMerge = "residual",
         projection_in: ProjectionIn = "single",
         projection_out: ProjectionOut = "zero",
+        opacity_init_bias: float = OPACITY_INIT_BIAS,
     ) -> None:
         super().__init__()
         if merge not in ("replace", "residual"):
@@ -164,7 +170,12 @@ class ProjectionLayer(nn.Module):
         self.aggregator = IBRNetAggregator(grid_channels, temb_dim)
         self.voxel_unet = make_voxel_unet(voxel_unet, grid_channels)
         self.renderer = VolumeRenderer(
-            grid_channels, num_samples, background, disparity_at_infinity, ray_directions
+            grid_channels,
+            num_samples,
+            background,
+            disparity_at_infinity,
+            ray_directions,
+            opacity_init_bias,
         )
         self.projection_out = projection_out
         if projection_out == "zero":

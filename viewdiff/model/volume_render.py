@@ -153,8 +153,12 @@ class VolumeRenderer(nn.Module):
         background: bool,
         disparity_at_infinity: float = DISPARITY_AT_INFINITY,
         ray_directions: RayDirections = "unnormalised",
+        opacity_init_bias: float = OPACITY_INIT_BIAS,
     ) -> None:
         super().__init__()
+        if not math.isfinite(opacity_init_bias):
+            raise ValueError(f"model.opacity_init_bias must be finite, got {opacity_init_bias}")
+        self.opacity_init_bias = opacity_init_bias
         if not 0.0 < disparity_at_infinity < 1.0:
             raise ValueError(
                 f"model.disparity_at_infinity must be in (0, 1), got {disparity_at_infinity}"
@@ -178,7 +182,8 @@ class VolumeRenderer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The reference's initialisation (the module docstring cites its lines)."""
+        """The reference's initialisation (the module docstring cites its lines), the density
+        bias at ``opacity_init_bias``."""
         hidden = [layer for layer in self.hidden if isinstance(layer, nn.Linear)]
         for layer in (*hidden, self.feature_hidden, self.ray_encoder):
             nn.init.xavier_uniform_(layer.weight)
@@ -186,7 +191,7 @@ class VolumeRenderer(nn.Module):
         channels = self.density.in_features
         bound = 1.0 / math.sqrt(channels)
         nn.init.uniform_(self.density.weight, -bound, bound)
-        nn.init.constant_(self.density.bias, OPACITY_INIT_BIAS)
+        nn.init.constant_(self.density.bias, self.opacity_init_bias)
         bound = math.sqrt(6.0 / (channels + max(channels, KERNEL_MIN_FEATURES)))
         nn.init.uniform_(self.feature.weight, -bound, bound)
         nn.init.zeros_(self.feature.bias)

@@ -6,6 +6,8 @@ latents (x_0) four ways:
 - ``own``: the object's other N-1 views given clean (t = 0, as image conditions in training);
 - ``other``: another object's views given clean in their place (the next object with the same
   caption where the set has one, else the same shape; the noised view's cameras kept);
+- ``shuffled``: the object's own views given clean, but each with another given view's camera
+  (their cameras rolled by one; the noised view keeps its own);
 - ``joint``: all N views noised to t together (joint generation's situation: every view is a
   noisy observation of one object);
 - ``alone``: the view by itself (N = 1: cross-frame attention sees only the view);
@@ -15,8 +17,10 @@ and, as an anchor, ``copy``: the error of taking the given view nearest to it as
 A prior that uses the other views in 3D predicts a view better from its object's views than
 alone, and worse from another object's. The gaps are in dB of the x_0 error (latent MSE), as the
 mean over objects of each object's ratio, with its standard error: ``gain`` = alone / own,
-``joint_gain`` = alone / joint, ``contrast`` = other / own. A prior that ignores the other views
-has all three near 0 dB.
+``joint_gain`` = alone / joint, ``contrast`` = other / own, ``pose_use`` = shuffled / own. A prior
+that ignores the other views has the first three near 0 dB; one that reads them but not where
+they were seen from (cross-frame attention without working pose conditioning or projection
+layers) has ``pose_use`` near 0 dB, and cannot place anything in 3D.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ from viewdiff.prior.call import ViewConditions, encode_images, encode_prompts, p
 from viewdiff.prior.load import MultiViewPrior
 
 RELIANCE_TIMESTEPS = (250, 500, 750)
-WAYS = ("own", "other", "joint", "alone", "copy")
-RATIOS = {"gain": ("alone", "own"), "joint_gain": ("alone", "joint"), "contrast": ("other", "own")}
+WAYS = ("own", "other", "shuffled", "joint", "alone", "copy")
+RATIOS = {
+    "gain": ("alone", "own"),
+    "joint_gain": ("alone", "joint"),
+    "contrast": ("other", "own"),
+    "pose_use": ("shuffled", "own"),
+}
 
 
 @dataclass(frozen=True)
@@ -124,9 +133,14 @@ def view_reliance(
         for i, sample in enumerate(objects):
             views, stand_in = latents[i], latents[_partner(objects, i)]
             n_views, size_hw = views.shape[0], tuple(sample["images"].shape[-2:])
+            if n_views < 3:
+                raise ValueError(f"{n_views} views per object: the measure needs at least 3")
             K, w2c = sample["K"][None].to(device), sample["w2c"][None].to(device)
             pose = pose_features(K, w2c, size_hw, None)
             every = ViewConditions(texts[i : i + 1], None, K, w2c, pose, size_hw)
+            rolled = torch.cat([w2c[:, :-1].roll(1, 1), w2c[:, -1:]], 1)
+            shuffled = ViewConditions(texts[i : i + 1], None, K, rolled,
+                                      pose_features(K, rolled, size_hw, None), size_hw)  # fmt: skip
             last = ViewConditions(texts[i : i + 1], None, K[:, -1:], w2c[:, -1:], pose[:, -1:],
                                   size_hw)  # fmt: skip
             given_steps = torch.tensor([0] * (n_views - 1) + [t], device=device)
@@ -135,9 +149,13 @@ def view_reliance(
             for _ in range(draws):
                 noise = torch.randn(views.shape, generator=generator).to(device)
                 noisy = add_noise(views, noise, noisy_steps, alphas_cumprod)  # (N, C, h, w)
-                for way, given in (("own", views[:-1]), ("other", stand_in[:-1])):
+                for way, given, cameras in (
+                    ("own", views[:-1], every),
+                    ("other", stand_in[:-1], every),
+                    ("shuffled", views[:-1], shuffled),
+                ):
                     inputs = torch.cat([given, noisy[-1:]])
-                    x0 = _predicted_clean(prior, inputs, given_steps, every, alphas_cumprod)
+                    x0 = _predicted_clean(prior, inputs, given_steps, cameras, alphas_cumprod)
                     sums[way] += error(x0, views)
                 x0 = _predicted_clean(prior, noisy, noisy_steps, every, alphas_cumprod)
                 sums["joint"] += error(x0, views)
