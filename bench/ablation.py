@@ -33,7 +33,9 @@ and measures each on toy objects made with seeds the training data does not use:
   held-out objects): ``gain``, a held-out view predicted from its object's other views against
   alone, ``contrast``, against another object's views, and ``pose_use``, against its own views
   given with shuffled cameras (how much it uses where they were seen from), in dB with their
-  standard errors.
+  standard errors; and how much the projection layers' output changes when the cameras are
+  rolled, relative to its size (``viewdiff.toy.projection_activity``; ~0: the layers carry
+  nothing 3D).
 
 Writes WORK/ablation.json (figures per variant, steps, minutes, and how far the projection
 layers' zero-initialised output has grown), WORK/ablation.md (the table) and WORK/ablation.png
@@ -76,6 +78,7 @@ from viewdiff.run_lock import FolderInUse, RunLock  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
+from viewdiff.toy.projection_activity import projection_activity  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
     averaged,
@@ -233,6 +236,9 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         novel = summarize(results)
         (reading,) = view_reliance(prior, list(heldout_objects(tools.heldout, 0, 24)), (500,), 2)
         reliance = {f"reliance_{n}": v for n, v in reading.summary().items() if n in RATIO_KEYS}
+        layers = projection_activity(prior, list(heldout_objects(tools.heldout, 0, 12)))
+        if layers:  # how much the layers' output changes with rolled cameras, over layers
+            reliance["projection_camera"] = sum(layer.camera for layer in layers) / len(layers)
     consistency = averaged([consistency_scores(views, orbit8, tools.fit, i, args.world)
                             for i, views in enumerate(objects)])  # fmt: skip
     accuracy = classifier_accuracy(tools.classifier, text, per_view)
@@ -245,7 +251,7 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         "novel_ssim": novel["ssim"],
         "colour": accuracy["colour"],
         "shape": accuracy["shape"],
-        **reliance,  # how much it reads the other views (dB, with _se)
+        **reliance,  # how much it reads the other views (dB, with _se); projection_camera
     }
 
 
@@ -272,7 +278,8 @@ COLUMNS = [("consistency_psnr", "3D consistency PSNR (dB)", "{:.2f}"),
 RATIO_KEYS = {f"{n}{end}" for n in ("gain", "contrast", "pose_use") for end in ("", "_se")}
 RELIANCE_COLUMNS = [("reliance_gain", "reads other views: gain at t=500 (dB)", "{:.2f}"),
                     ("reliance_contrast", "own vs other's views (dB)", "{:.2f}"),
-                    ("reliance_pose_use", "true vs shuffled cameras (dB)", "{:.2f}")]  # fmt: skip
+                    ("reliance_pose_use", "true vs shuffled cameras (dB)", "{:.2f}"),
+                    ("projection_camera", "projection: camera change", "{:.1%}")]  # fmt: skip
 SIDED_COLUMNS = [("backdrop_psnr", "backdrop consistency (dB)", "{:.2f}"),
                  ("mark_one_place", "darker side in one place", "{:.0%}")]  # fmt: skip
 

@@ -23,7 +23,9 @@
    true cameras) on held-out objects, next to copying the given view into every other view.
 6. How much the prior reads the other views (``viewdiff.toy.view_reliance``): a held-out view
    noised to t = 250 / 500 / 750 and predicted from its object's other views, from another
-   object's, jointly noised, and alone; the gaps in dB of the x_0 error, +- standard error.
+   object's, jointly noised, and alone; the gaps in dB of the x_0 error, +- standard error; and
+   whether its projection layers carry anything 3D (``viewdiff.toy.projection_activity``: their
+   output's variation over pixels and its change when the cameras are rolled).
 
 Everything runs on the CPU in a few minutes; held-out objects are made here with seeds that the
 training data (seed 0) does not use. Figures go to WORK/quality.json, pictures to WORK/.
@@ -54,6 +56,7 @@ from viewdiff.prior.load import load_export  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
+from viewdiff.toy.projection_activity import projection_activity  # noqa: E402
 from viewdiff.toy.quality import (  # noqa: E402
     CONSISTENCY_FIT,
     TOY_CROPS,
@@ -202,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
         str(r.timestep): r.summary()
         for r in view_reliance(prior, objects, draws=args.reliance_draws)
     }
+    figures["projection_activity"] = [
+        dataclasses.asdict(layer) for layer in projection_activity(prior, objects)
+    ]
     figures["minutes"] = (time.perf_counter() - started) / 60.0
     print_table(figures)
     (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
@@ -270,6 +276,11 @@ def print_table(f: dict) -> None:
         rows.append((f"reads the other views at t={t}: gain / joint gain / contrast",
                      " / ".join(f"{r[n]:.2f}+-{r[n + '_se']:.2f}" for n in RATIOS) + " dB",
                      "> 0 dB"))  # fmt: skip
+    for layer in f["projection_activity"]:
+        rows.append((f"projection layer {layer['name'].split('.')[-1][:28]}: "
+                     "opacity / spatial / camera",
+                     f"{layer['opacity']:.2f} / {layer['spatial']:.3f} / {layer['camera']:.3f}",
+                     "> 0"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':{width}s}  {'value':>24s}  target")
     for name, value, target in rows:

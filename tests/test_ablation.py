@@ -40,6 +40,8 @@ def test_quick_ablation_writes_a_row_per_variant(quick_ablation):
     # How much each variant reads the other views; base, one view at a time, reads none.
     assert {"reliance_gain", "reliance_gain_se"} <= set(figures["variants"]["full"])
     assert "reliance_gain" not in figures["variants"]["base"]
+    assert "projection_camera" in figures["variants"]["full"]  # its projection layers, read
+    assert "projection_camera" not in figures["variants"]["cfa"]  # it has none
     table = (tmp_path / "ablation.md").read_text()
     assert all(f"`{name}`" in table for name in variants)
     assert Image.open(tmp_path / "ablation.png").size[0] > 500

@@ -36,6 +36,7 @@ def test_toy_quality_benchmark_measures_every_figure_quickly(world, tmp_path, ca
         assert 0 <= figures["consistency_joint"]["mark_agreement"] <= 1
     assert 0 <= figures["t2i_base"]["colour"] <= 1 and "psnr" in figures["novel_views"]
     assert all(r["own"] > 0 and abs(r["gain"]) < 30 for r in figures["reliance"].values())
+    assert len(figures["projection_activity"]) == 3  # the shipped prior's three layers
     assert "VAE held-out PSNR" in capsys.readouterr().out
     assert (tmp_path / "quality.json").is_file() and (tmp_path / "consistency.png").is_file()
 

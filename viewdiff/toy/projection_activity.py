@@ -1,0 +1,100 @@
+"""Whether a prior's projection layers carry anything 3D: their outputs, read with forward hooks.
+
+For held-out objects (every view noised to one timestep, as in joint generation) each projection
+layer's output is recorded twice: with the views' true cameras, and with the cameras rolled by
+one view (every view lifted and rendered from another's pose). Per layer:
+
+- ``opacity``: the mean opacity its volume renderer composites (the grid's share of the
+  rendered features; the rest is the background's ones);
+- ``spatial``: the output's standard deviation over pixels relative to its mean magnitude (a
+  layer that outputs one vector everywhere, whatever the grid holds, has ~0);
+- ``camera``: the mean change of its output when the cameras are rolled, relative to its mean
+  magnitude (a layer whose output does not depend on where the views were seen from has ~0).
+
+A layer that has learned to use its grid has all three well above 0. One that the model has
+learned to route around (the block's features replaced by a constant) has ``spatial`` and
+``camera`` near 0 whatever its opacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+from viewdiff.cameras.pose_features import pose_features
+from viewdiff.diffusion import add_noise
+from viewdiff.model.projection import ProjectionLayer
+from viewdiff.prior.call import ViewConditions, encode_images, encode_prompts, prior_predictions
+from viewdiff.prior.load import MultiViewPrior
+
+
+@dataclass(frozen=True)
+class LayerActivity:
+    """What one projection layer did, averaged over objects."""
+
+    name: str
+    opacity: float
+    spatial: float
+    camera: float
+
+
+def _recorded(prior: MultiViewPrior, call: ViewConditions, latents: Tensor, t: Tensor) -> dict:
+    """Each projection layer's output and rendered opacity in one prior call."""
+    layers = {n: m for n, m in prior.model.named_modules() if isinstance(m, ProjectionLayer)}
+    record: dict[str, dict[str, Tensor]] = {name: {} for name in layers}
+    handles = []
+    for name, layer in layers.items():
+        handles.append(layer.register_forward_hook(
+            lambda _m, _a, out, name=name: record[name].__setitem__("out", out.detach().float())
+        ))  # fmt: skip
+        handles.append(layer.renderer.register_forward_hook(
+            lambda _m, _a, out, name=name: record[name].__setitem__(
+                "opacity", out[:, :, -1].detach().float()
+            )
+        ))  # fmt: skip
+    try:
+        prior_predictions(prior.model, latents, t, call, 1.0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return record
+
+
+@torch.no_grad()
+def projection_activity(
+    prior: MultiViewPrior, objects: Sequence[dict], timestep: int = 500, seed: int = 0
+) -> list[LayerActivity]:
+    """Every projection layer's activity over held-out ``objects`` (samples of
+    ``viewdiff.inference.heldout.heldout_objects``); [] for a prior without projection layers."""
+    if not any(isinstance(m, ProjectionLayer) for m in prior.model.modules()):
+        return []
+    device = prior.device
+    alphas_cumprod = DDPMScheduler.from_config(prior.scheduler_config).alphas_cumprod
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[str, list[float]] = {}
+    for sample in objects:
+        views = encode_images(prior.vae, sample["images"][None].to(device), sample=False)
+        text = encode_prompts(prior.text_encoder, prior.tokenizer, [sample["prompt"]])
+        steps = torch.full((views.shape[0],), timestep, device=device)
+        noise = torch.randn(views.shape, generator=generator).to(device)
+        noisy = add_noise(views, noise, steps, alphas_cumprod)
+        size_hw = tuple(sample["images"].shape[-2:])
+        K = sample["K"][None].to(device)
+        records = []
+        for w2c in (sample["w2c"], sample["w2c"].roll(1, 0)):
+            w2c = w2c[None].to(device)
+            call = ViewConditions(text, None, K, w2c, pose_features(K, w2c, size_hw, None), size_hw)
+            records.append(_recorded(prior, call, noisy, steps))
+        true, rolled = records
+        for name, record in true.items():
+            out, magnitude = record["out"], record["out"].abs().mean().clamp_min(1e-12)
+            spatial = out.flatten(2).std(dim=-1).mean() / magnitude
+            camera = (out - rolled[name]["out"]).abs().mean() / magnitude
+            totals = sums.setdefault(name, [0.0, 0.0, 0.0])
+            for i, value in enumerate((record["opacity"].mean(), spatial, camera)):
+                totals[i] += float(value) / len(objects)
+    return [LayerActivity(name, *values) for name, values in sums.items()]
