@@ -273,7 +273,7 @@ def print_table(f: dict) -> None:
              f"{joint['mark_agreement']:.0%} / {single['mark_agreement']:.0%}", ""),
         ]  # fmt: skip
     for t, r in f["reliance"].items():
-        rows.append((f"reads the other views at t={t}: gain / joint gain / contrast",
+        rows.append((f"reads other views, t={t}: gain / joint gain / contrast / pose use",
                      " / ".join(f"{r[n]:.2f}+-{r[n + '_se']:.2f}" for n in RATIOS) + " dB",
                      "> 0 dB"))  # fmt: skip
     for layer in f["projection_activity"]:
