@@ -119,7 +119,7 @@ def view_reliance(
     device = prior.device
     latents = [
         encode_images(prior.vae, s["images"][None].to(device), sample=False) for s in objects
-    ]  # fmt: skip  (N, C, h, w) each
+    ]  # (N, C, h, w) each
     texts = encode_prompts(prior.text_encoder, prior.tokenizer, [s["prompt"] for s in objects])
     alphas_cumprod = DDPMScheduler.from_config(prior.scheduler_config).alphas_cumprod
     generator = torch.Generator().manual_seed(seed)
@@ -162,7 +162,7 @@ def view_reliance(
                 x0 = _predicted_clean(prior, noisy[-1:], noisy_steps[-1:], last, alphas_cumprod)
                 sums["alone"] += error(x0, views)
             sums["copy"] = draws * float(((views[:-1] - views[-1:]) ** 2).mean((1, 2, 3)).min())
-            for way in WAYS:
+            for way in WAYS:  # copy: the nearest given view, the same for every draw
                 errors[way].append(sums[way] / draws)
         results.append(Reliance(t, errors))
     return results
