@@ -121,6 +121,13 @@ class ModelConfig:
     ``zero`` [features, opacity] -> C' -> SiLU -> C with its last conv zero, a residual that
     starts at nothing (exports saved before this key; ``LEGACY_DEFAULTS``)."""
 
+    normalise_rendered: bool = False
+    """Normalise each view's rendered features over its pixels (per channel, no parameters)
+    before the output stacks. Not the reference's: it renders an almost empty grid into
+    near-constant features (opacity ~0.1 over a background of ones), so a newly built layer
+    outputs nearly one vector whatever the cameras; normalised, its output varies with them
+    from the first step (``viewdiff.toy.projection_activity``)."""
+
     voxel_grid_by_width: bool = True
     """Scale each layer's grid inversely with its channel width, G * C_widest / C (the
     reference's dim_3d_grid // scale, custom_attention.py:165-172), so ``voxel_grid_size`` is

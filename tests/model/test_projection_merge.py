@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_multiview_unet import inputs  # tests/model is on the path pytest imports tests from
 
+from viewdiff.cameras.orbits import intrinsics_from_fov, orbit
 from viewdiff.config import LEGACY_DEFAULTS, ConfigError, ModelConfig
 from viewdiff.model import MultiViewUNet
 from viewdiff.model.projected_block import ProjectedTransformerBlock
@@ -215,3 +216,33 @@ def test_a_recomputed_block_reuses_the_density_noise_it_drew(base_unet):
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_normalised_rendered_features_make_a_new_layer_depend_on_the_cameras():
+    torch.manual_seed(0)
+    features = torch.randn(4, 12, 8, 8)  # one object, 4 views
+    K = intrinsics_from_fov(49.0, 64, 64).expand(4, 3, 3)
+    w2c = orbit(4, 25.0, 4.5)
+    temb, timesteps = torch.zeros(4, 16), torch.full((4,), 500)
+
+    def change(normalise: bool) -> float:
+        torch.manual_seed(1)
+        layer = ProjectionLayer(
+            12,
+            8,
+            8,
+            8,
+            True,
+            16,
+            merge="replace",
+            projection_in="multiple",
+            projection_out="multiple",
+            normalise_rendered=normalise,
+        ).eval()
+        with torch.no_grad():
+            true = layer(features, K, w2c, (64, 64), temb, timesteps, 4)
+            rolled = layer(features, K, w2c.roll(1, 0), (64, 64), temb, timesteps, 4)
+        return float((true - rolled).abs().mean() / true.abs().mean())
+
+    # The reference's layer starts almost blind to the cameras; normalised, it sees them.
+    assert change(False) < 0.05 < 0.2 < change(True), (change(False), change(True))

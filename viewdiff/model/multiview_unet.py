@@ -213,6 +213,7 @@ class MultiViewUNet(nn.Module):
             projection_in=config.projection_in,
             projection_out=config.projection_out,
             opacity_init_bias=config.opacity_init_bias,
+            normalise_rendered=config.normalise_rendered,
         )
 
     def _project(self, key: str, features: Tensor, condition: MultiViewCondition) -> Tensor:

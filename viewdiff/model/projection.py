@@ -17,7 +17,9 @@ model/projection/layer.py). For the N views of each object:
 5. volume-render the grid into every view at the feature map's resolution (``volume_render``;
    ``ray_directions``: the rays its direction encoder sees, the reference's or unit vectors):
    C' features over a background of ones, and the opacity m;
-6. map the rendered features back to C channels (``model.projection_out``): ``multiple``, the
+6. optionally normalise each view's rendered features over its pixels
+   (``model.normalise_rendered``, not the reference's), then map them back to C channels
+   (``model.projection_out``): ``multiple``, the
    reference's foreground and background stacks conv1x1 C'->C' + ReLU, C'->C + ReLU, C->C
    blended m fg + (1 - m) bg (layer.py:130-145, :365-373); ``single``, the same blend of two
    conv1x1 C'->C; ``zero``, [features, m] -> C' -> SiLU -> C with the last conv zero, so that a
@@ -145,6 +147,7 @@ class ProjectionLayer(nn.Module):
         projection_in: ProjectionIn = "single",
         projection_out: ProjectionOut = "zero",
         opacity_init_bias: float = OPACITY_INIT_BIAS,
+        normalise_rendered: bool = False,
     ) -> None:
         super().__init__()
         if merge not in ("replace", "residual"):
@@ -178,6 +181,7 @@ class ProjectionLayer(nn.Module):
             opacity_init_bias,
         )
         self.projection_out = projection_out
+        self.normalise_rendered = normalise_rendered
         if projection_out == "zero":
             self.expand = nn.Sequential(
                 nn.Conv2d(grid_channels + 1, grid_channels, kernel_size=1),
@@ -241,9 +245,13 @@ class ProjectionLayer(nn.Module):
 
     def expand_rendered(self, rendered: Tensor) -> Tensor:
         """Rendered features and opacity (B*N, C'+1, h, w) -> the layer's output (B*N, C, h, w)."""
-        if self.projection_out == "zero":
-            return self.expand(rendered)
         features, opacity = rendered[:, :-1], rendered[:, -1:]
+        if self.normalise_rendered:  # per view and channel, over the pixels
+            mean = features.mean(dim=(2, 3), keepdim=True)
+            spread = features.std(dim=(2, 3), keepdim=True, correction=0)
+            features = (features - mean) / (spread + 1e-5)
+        if self.projection_out == "zero":
+            return self.expand(torch.cat([features, opacity], dim=1))
         foreground = self.expand_foreground(features)
         background = self.expand_background(features)
         return opacity * foreground + (1 - opacity) * background
