@@ -123,10 +123,10 @@ class ModelConfig:
 
     normalise_rendered: bool = False
     """Normalise each view's rendered features over its pixels (per channel, no parameters)
-    before the output stacks. Not the reference's: it renders an almost empty grid into
-    near-constant features (opacity ~0.1 over a background of ones), so a newly built layer
-    outputs nearly one vector whatever the cameras; normalised, its output varies with them
-    from the first step (``viewdiff.toy.projection_activity``)."""
+    before the output stacks. Not the reference's. Its renderer starts from an almost empty grid
+    (opacity ~0.1 over a background of ones), so its features are nearly constant and a newly
+    built layer outputs nearly one vector whatever the cameras; normalised, the output varies
+    with them from the first step (``viewdiff.toy.projection_activity``)."""
 
     voxel_grid_by_width: bool = True
     """Scale each layer's grid inversely with its channel width, G * C_widest / C (the

@@ -19,11 +19,11 @@ model/projection/layer.py). For the N views of each object:
    C' features over a background of ones, and the opacity m;
 6. optionally normalise each view's rendered features over its pixels
    (``model.normalise_rendered``, not the reference's), then map them back to C channels
-   (``model.projection_out``): ``multiple``, the
-   reference's foreground and background stacks conv1x1 C'->C' + ReLU, C'->C + ReLU, C->C
-   blended m fg + (1 - m) bg (layer.py:130-145, :365-373); ``single``, the same blend of two
-   conv1x1 C'->C; ``zero``, [features, m] -> C' -> SiLU -> C with the last conv zero, so that a
-   layer whose output is added (``residual``) starts at exactly nothing.
+   (``model.projection_out``): ``multiple``, the reference's foreground and background stacks
+   conv1x1 C'->C' + ReLU, C'->C + ReLU, C->C blended m fg + (1 - m) bg (layer.py:130-145,
+   :365-373); ``single``, the same blend of two conv1x1 C'->C; ``zero``, [features, m] -> C'
+   -> SiLU -> C with the last conv zero, so that a layer whose output is added (``residual``)
+   starts at exactly nothing.
 
 What the UNet does with the output is its merge (``multiview_unet``): ``replace`` makes it the
 transformer block's features, ``residual`` adds it to the transformer's output. The geometry
