@@ -234,9 +234,10 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         results = evaluate_heldout(prior, tools.heldout, 1, settings, work / "eval" / name,
                                    args.novel_objects)  # fmt: skip
         novel = summarize(results)
-        (reading,) = view_reliance(prior, list(heldout_objects(tools.heldout, 0, 24)), (500,), 2)
+        read = list(heldout_objects(tools.heldout, 0, 24))
+        (reading,) = view_reliance(prior, read, (500,), 2)
         reliance = {f"reliance_{n}": v for n, v in reading.summary().items() if n in RATIO_KEYS}
-        layers = projection_activity(prior, list(heldout_objects(tools.heldout, 0, 12)))
+        layers = projection_activity(prior, read[:12])
         if layers:  # how much the layers' output changes with rolled cameras, over layers
             reliance["projection_camera"] = sum(layer.camera for layer in layers) / len(layers)
     consistency = averaged([consistency_scores(views, orbit8, tools.fit, i, args.world)

@@ -37,6 +37,7 @@ from viewdiff.cameras.pose_features import pose_features
 from viewdiff.diffusion import add_noise
 from viewdiff.prior.call import ViewConditions, encode_images, encode_prompts, prior_predictions
 from viewdiff.prior.load import MultiViewPrior
+from viewdiff.sds.gradient import epsilon_from_prediction, x0_from_epsilon
 
 RELIANCE_TIMESTEPS = (250, 500, 750)
 WAYS = ("own", "other", "shuffled", "joint", "alone", "copy")
@@ -98,9 +99,8 @@ def _predicted_clean(
     """x_0 (V, C, h, w) predicted by the prior for latents at per-view timesteps (no guidance)."""
     prediction, _ = prior_predictions(prior.model, latents, timesteps, conditions, 1.0)
     abar = alphas_cumprod.to(latents.device)[timesteps][:, None, None, None]
-    if prior.scheduler_config.get("prediction_type", "epsilon") == "v_prediction":
-        return abar.sqrt() * latents - (1 - abar).sqrt() * prediction
-    return (latents - (1 - abar).sqrt() * prediction) / abar.sqrt()
+    kind = prior.scheduler_config.get("prediction_type", "epsilon")
+    return x0_from_epsilon(latents, epsilon_from_prediction(prediction, latents, abar, kind), abar)
 
 
 @torch.no_grad()
