@@ -34,8 +34,8 @@ and measures each on toy objects made with seeds the training data does not use:
   alone, ``contrast``, against another object's views, and ``pose_use``, against its own views
   given with shuffled cameras (how much it uses where they were seen from), in dB with their
   standard errors; and how much the projection layers' output changes when the cameras are
-  rolled, relative to its size (``viewdiff.toy.projection_activity``; ~0: the layers carry
-  nothing 3D).
+  rolled, and the held-out view's output when only the other views' cameras are rolled,
+  relative to its size (``viewdiff.toy.projection_activity``; ~0: the layers carry nothing 3D).
 
 Writes WORK/ablation.json (figures per variant, steps, minutes, and how far the projection
 layers' zero-initialised output has grown), WORK/ablation.md (the table) and WORK/ablation.png
@@ -240,6 +240,7 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         layers = projection_activity(prior, read[:12])
         if layers:  # how much the layers' output changes with rolled cameras, over layers
             reliance["projection_camera"] = sum(layer.camera for layer in layers) / len(layers)
+            reliance["projection_placement"] = sum(x.placement for x in layers) / len(layers)
     consistency = averaged([consistency_scores(views, orbit8, tools.fit, i, args.world)
                             for i, views in enumerate(objects)])  # fmt: skip
     accuracy = classifier_accuracy(tools.classifier, text, per_view)
@@ -252,7 +253,7 @@ def measure(name: str, args: argparse.Namespace, tools: Evaluation, work: Path) 
         "novel_ssim": novel["ssim"],
         "colour": accuracy["colour"],
         "shape": accuracy["shape"],
-        **reliance,  # how much it reads the other views (dB, with _se); projection_camera
+        **reliance,  # how much it reads the other views (dB, with _se); projection_*
     }
 
 
@@ -280,7 +281,8 @@ RATIO_KEYS = {f"{n}{end}" for n in ("gain", "contrast", "pose_use") for end in (
 RELIANCE_COLUMNS = [("reliance_gain", "reads other views: gain at t=500 (dB)", "{:.2f}"),
                     ("reliance_contrast", "own vs other's views (dB)", "{:.2f}"),
                     ("reliance_pose_use", "true vs shuffled cameras (dB)", "{:.2f}"),
-                    ("projection_camera", "projection: camera change", "{:.1%}")]  # fmt: skip
+                    ("projection_camera", "projection: camera change", "{:.1%}"),
+                    ("projection_placement", "other views' placement", "{:.1%}")]  # fmt: skip
 SIDED_COLUMNS = [("backdrop_psnr", "backdrop consistency (dB)", "{:.2f}"),
                  ("mark_one_place", "darker side in one place", "{:.0%}")]  # fmt: skip
 

@@ -2,7 +2,7 @@
 
     python bench/toy_quality.py [--checkpoint viewdiff/assets/toy/multiview] [--work DIR]
         [--samples-per-prompt 4] [--consistency-prompts 6] [--eval-objects 30]
-        [--world toy|toy_sided] [--quick]
+        [--world toy|toy_sided] [--only camera-use] [--quick]
 
 1. Classifiers (``viewdiff.toy.classify``) on real held-out renders and on their VAE round trips:
    the colour rule and the shape classifier, fitted on other real renders.
@@ -25,7 +25,11 @@
    noised to t = 250 / 500 / 750 and predicted from its object's other views, from another
    object's, jointly noised, and alone; the gaps in dB of the x_0 error, +- standard error; and
    whether its projection layers carry anything 3D (``viewdiff.toy.projection_activity``: their
-   output's variation over pixels and its change when the cameras are rolled).
+   output's variation over pixels, its change when the cameras are rolled, and the held-out
+   view's output's and the voxel grid's change when only the other views' cameras are).
+
+``--only camera-use`` measures 6 alone (about 2 minutes instead of 10-12): the screen for a
+training recipe that is meant to make a prior use its cameras.
 
 Everything runs on the CPU in a few minutes; held-out objects are made here with seeds that the
 training data (seed 0) does not use. Figures go to WORK/quality.json, pictures to WORK/.
@@ -52,7 +56,7 @@ from viewdiff.data.toy_objects import toy_prompts  # noqa: E402
 from viewdiff.inference.evaluate import summarize, view_metrics  # noqa: E402
 from viewdiff.inference.heldout import evaluate_heldout, heldout_objects  # noqa: E402
 from viewdiff.inference.trajectory import Trajectory  # noqa: E402
-from viewdiff.prior.load import load_export  # noqa: E402
+from viewdiff.prior.load import MultiViewPrior, load_export  # noqa: E402
 from viewdiff.toy.assets import TOY_MULTIVIEW  # noqa: E402
 from viewdiff.toy.classify import classifier_accuracy, fit_shape_classifier  # noqa: E402
 from viewdiff.toy.images import read_shard_images  # noqa: E402
@@ -97,6 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--world", choices=tuple(TOY_CROPS), default="toy", help="the toy world the prior knows"
     )
+    parser.add_argument(
+        "--only", choices=("camera-use",), help="measure 6 alone (the 2-minute screen)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer of everything (a smoke run)")
     args = parser.parse_args(argv)
     args.reference_objects, args.heldout_objects = 40, 20  # per shape
@@ -127,15 +134,25 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
 
-    # 1. Classifiers on real renders (fitted on seed 2, scored on held-out seed 1).
     size, world = prior.info.config.data.image_size, args.world
+    heldout_shards = make_toy_shards(
+        args.work / "heldout", args.heldout_objects, 8, 1, image_size=size, style=world
+    )
+    crop = "object" if TOY_CROPS[world] == "object" else "random_square"  # as the shards were cut
+    data = DataConfig(shards=str(heldout_shards), image_size=size, n_views=4, num_workers=0,
+                      crop=crop)  # fmt: skip
+    if args.only == "camera-use":
+        figures.update(camera_use(prior, data, args))
+        figures["minutes"] = (time.perf_counter() - started) / 60.0
+        print_table(figures)
+        (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
+        return figures
+
+    # 1. Classifiers on real renders (fitted on seed 2, scored on held-out seed 1).
     reference = read_shard_images(
         make_toy_shards(
             args.work / "reference", args.reference_objects, 4, 2, image_size=size, style=world
         )
-    )
-    heldout_shards = make_toy_shards(
-        args.work / "heldout", args.heldout_objects, 8, 1, image_size=size, style=world
     )
     heldout = read_shard_images(heldout_shards)
     classifier = fit_shape_classifier(unit(reference), reference.categories)
@@ -184,9 +201,6 @@ def main(argv: list[str] | None = None) -> dict:
     save_grid(torch.cat(shown), args.work / "consistency.png", 8)
 
     # 5. Image-conditional novel views on held-out objects, and copying the given view.
-    crop = "object" if TOY_CROPS[world] == "object" else "random_square"  # as the shards were cut
-    data = DataConfig(shards=str(heldout_shards), image_size=size, n_views=4, num_workers=0,
-                      crop=crop)  # fmt: skip
     results = evaluate_heldout(prior, data, 1, settings, args.work / "eval", args.eval_objects)
     figures["novel_views"] = summarize(results)
     copies = []
@@ -200,18 +214,25 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     # 6. How much the prior reads the other views.
-    objects = list(heldout_objects(data, 0, args.reliance_objects))
-    figures["reliance"] = {
-        str(r.timestep): r.summary()
-        for r in view_reliance(prior, objects, draws=args.reliance_draws)
-    }
-    figures["projection_activity"] = [
-        dataclasses.asdict(layer) for layer in projection_activity(prior, objects)
-    ]
+    figures.update(camera_use(prior, data, args))
     figures["minutes"] = (time.perf_counter() - started) / 60.0
     print_table(figures)
     (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
     return figures
+
+
+def camera_use(prior: MultiViewPrior, data: DataConfig, args: argparse.Namespace) -> dict:
+    """Measure 6: how much the prior reads its held-out objects' other views, and where from."""
+    objects = list(heldout_objects(data, 0, args.reliance_objects))
+    return {
+        "reliance": {
+            str(r.timestep): r.summary()
+            for r in view_reliance(prior, objects, draws=args.reliance_draws)
+        },
+        "projection_activity": [
+            dataclasses.asdict(layer) for layer in projection_activity(prior, objects)
+        ],
+    }
 
 
 def metric_range(heldout, objects: int, fit_config, world: str) -> dict[str, dict[str, float]]:
@@ -231,8 +252,8 @@ def metric_range(heldout, objects: int, fit_config, world: str) -> dict[str, dic
 
 
 def print_table(f: dict) -> None:
-    """The figures as a table."""
-    rows = [
+    """The figures as a table (measure 6 alone after ``--only camera-use``)."""
+    rows = [] if "vae_psnr" not in f else [
         ("classifier on real held-out renders: colour / shape",
          f"{f['classifier_real']['colour']:.1%} / {f['classifier_real']['shape']:.1%}", ""),
         ("classifier on their VAE round trips: colour / shape",
@@ -257,7 +278,7 @@ def print_table(f: dict) -> None:
          f"{f['novel_views_copy_baseline']['psnr_masked']:.2f} / "
          f"{f['novel_views_copy_baseline']['ssim']:.3f}", ""),
     ]  # fmt: skip
-    if "backdrop_psnr" in f["consistency_joint"]:  # the sided world
+    if "backdrop_psnr" in f.get("consistency_joint", {}):  # the sided world
         joint, single, real = f["consistency_joint"], f["consistency_single"], f["consistency_real"]
         one, mixed = real["one_object"], real["different_objects"]
         rows[8:8] = [
@@ -278,8 +299,9 @@ def print_table(f: dict) -> None:
                      "> 0 dB"))  # fmt: skip
     for layer in f["projection_activity"]:
         rows.append((f"projection layer {layer['name'].split('.')[-1][:28]}: "
-                     "opacity / spatial / camera",
-                     f"{layer['opacity']:.2f} / {layer['spatial']:.3f} / {layer['camera']:.3f}",
+                     "opacity / spatial / camera / placement / grid placement",
+                     " / ".join(f"{layer[k]:.{2 if k == 'opacity' else 3}f}" for k in
+                                ("opacity", "spatial", "camera", "placement", "grid_placement")),
                      "> 0"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':{width}s}  {'value':>24s}  target")

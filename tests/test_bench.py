@@ -41,6 +41,17 @@ def test_toy_quality_benchmark_measures_every_figure_quickly(world, tmp_path, ca
     assert (tmp_path / "quality.json").is_file() and (tmp_path / "consistency.png").is_file()
 
 
+def test_toy_quality_measures_camera_use_alone(tmp_path, capsys):
+    argv = ["--quick", "--only", "camera-use", "--work", str(tmp_path), "--world", "toy_sided"]
+    figures = runpy.run_path("bench/toy_quality.py")["main"](argv)
+    assert set(figures) == {"reliance", "projection_activity", "minutes"}, set(figures)
+    assert set(figures["reliance"]) == {"250", "500", "750"}
+    assert all("pose_use" in r and "pose_use_se" in r for r in figures["reliance"].values())
+    out = capsys.readouterr().out
+    assert "pose use" in out and "VAE" not in out
+    assert json.loads((tmp_path / "quality.json").read_text())["reliance"] == figures["reliance"]
+
+
 def test_sds_step_benchmark_splits_the_step(capsys):
     runpy.run_path("bench/sds_step.py")["main"](["--steps", "1", "--gaussians", "200"])
     lines = capsys.readouterr().out.strip().splitlines()
