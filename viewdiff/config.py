@@ -126,7 +126,9 @@ class ModelConfig:
     before the output stacks. Not the reference's. Its renderer starts from an almost empty grid
     (opacity ~0.1 over a background of ones), so its features are nearly constant and a newly
     built layer outputs nearly one vector whatever the cameras; normalised, the output varies
-    with them from the first step (``viewdiff.toy.projection_activity``)."""
+    with them from the first step (``viewdiff.toy.projection_activity``'s ``camera``). That
+    variation follows each view's own rays: what the other views give (``placement``) stays
+    ~0.1% on the toy world (docs/toy-world.md, "Does the prior use the cameras?")."""
 
     voxel_grid_by_width: bool = True
     """Scale each layer's grid inversely with its channel width, G * C_widest / C (the
