@@ -1,8 +1,10 @@
 """Whether a prior's projection layers carry anything 3D: their outputs, read with forward hooks.
 
-For held-out objects (every view noised to one timestep, as in joint generation) each projection
-layer's output is recorded twice: with the views' true cameras, and with the cameras rolled by
-one view (every view lifted and rendered from another's pose). Per layer:
+For held-out objects each projection layer's output is recorded four times: with every view
+noised to one timestep (as in joint generation) at the views' true cameras and at the cameras
+rolled by one view (every view lifted and rendered from another's pose); and with the other
+views clean and the last noised, at the true cameras and with the other views' cameras rolled.
+Per layer:
 
 - ``opacity``: the mean opacity its volume renderer composites (the grid's share of the
   rendered features; the rest is the background's ones);
