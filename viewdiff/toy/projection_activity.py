@@ -41,6 +41,7 @@ from viewdiff.diffusion import add_noise
 from viewdiff.model.projection import ProjectionLayer
 from viewdiff.prior.call import ViewConditions, encode_images, encode_prompts, prior_predictions
 from viewdiff.prior.load import MultiViewPrior
+from viewdiff.toy.view_reliance import others_rolled
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,12 @@ def projection_activity(
         given_steps[:-1] = 0  # the other views clean, the last noised
         size_hw = tuple(sample["images"].shape[-2:])
         K, w2c = sample["K"][None].to(device), sample["w2c"][None].to(device)
-        others_rolled = torch.cat([w2c[:, :-1].roll(1, 1), w2c[:, -1:]], 1)
         records = []
         for cameras, latents, t in (
             (w2c, noisy, steps),
             (w2c.roll(1, 1), noisy, steps),
             (w2c, given, given_steps),
-            (others_rolled, given, given_steps),
+            (others_rolled(w2c), given, given_steps),
         ):
             pose = pose_features(K, cameras, size_hw, None)
             call = ViewConditions(text, None, K, cameras, pose, size_hw)

@@ -79,6 +79,12 @@ class Reliance:
         return figures
 
 
+def others_rolled(w2c: Tensor) -> Tensor:
+    """Cameras (B, N, 4, 4) with the given views' (all but the last) rolled by one among them;
+    the last view keeps its own (the ``shuffled`` way)."""
+    return torch.cat([w2c[:, :-1].roll(1, 1), w2c[:, -1:]], 1)
+
+
 def _partner(objects: Sequence[dict], index: int) -> int:
     """The object whose views stand in for ``index``'s: the next with its caption, else the next
     of its shape (another colour)."""
@@ -138,7 +144,7 @@ def view_reliance(
             K, w2c = sample["K"][None].to(device), sample["w2c"][None].to(device)
             pose = pose_features(K, w2c, size_hw, None)
             every = ViewConditions(texts[i : i + 1], None, K, w2c, pose, size_hw)
-            rolled = torch.cat([w2c[:, :-1].roll(1, 1), w2c[:, -1:]], 1)
+            rolled = others_rolled(w2c)
             shuffled = ViewConditions(texts[i : i + 1], None, K, rolled,
                                       pose_features(K, rolled, size_hw, None), size_hw)  # fmt: skip
             last = ViewConditions(texts[i : i + 1], None, K[:, -1:], w2c[:, -1:], pose[:, -1:],
