@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
                       crop=crop)  # fmt: skip
     if args.only == "camera-use":
         figures.update(camera_use(prior, data, args))
-        figures["minutes"] = (time.perf_counter() - started) / 60.0
-        print_table(figures)
-        (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
-        return figures
+        return finish(figures, started, args.work)
 
     # 1. Classifiers on real renders (fitted on seed 2, scored on held-out seed 1).
     reference = read_shard_images(
@@ -215,9 +212,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 6. How much the prior reads the other views.
     figures.update(camera_use(prior, data, args))
+    return finish(figures, started, args.work)
+
+
+def finish(figures: dict, started: float, work: Path) -> dict:
+    """Add the minutes taken, print the table, write WORK/quality.json; the figures."""
     figures["minutes"] = (time.perf_counter() - started) / 60.0
     print_table(figures)
-    (args.work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (work / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
     return figures
 
 
